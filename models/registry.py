@@ -1,0 +1,144 @@
+"""The model zoo's registry: named, lazily built Keras models.
+
+Every model, built-in or third-party, is a :class:`ModelSpec` published
+through the entry-point group ``robust.models`` (the built-ins in this
+package's own ``pyproject.toml``), so the zoo is one declarative table and
+``robust models`` shows where each entry comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import warnings
+from typing import Any, Callable
+
+from robust.errors import RobustError, known_names
+
+ENTRY_POINT_GROUP = "robust.models"
+
+Shape = tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the zoo.
+
+    Attributes:
+        name: registry name, e.g. ``"lenet5"``.
+        build: ``build(input_shape, num_classes, **options) -> keras.Model``
+            returning a model that outputs logits.
+        description: one line for ``robust models``.
+        input_shapes: human description of the accepted inputs.
+        check_input: ``check_input(input_shape, num_classes)`` returns ``None``
+            when the shape is accepted, otherwise a short reason.
+        options: the builder's keyword options and their defaults.
+        kind: ``"conv"`` or ``"fc"`` (reports group ConvNets vs baselines).
+        source: where the entry was registered (filled in by the registry).
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str
+    input_shapes: str
+    check_input: Callable[[Shape, int], str | None]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = "conv"
+    source: str = "built-in"
+
+
+def _entry_point_source(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else "?"
+    return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
+
+
+@functools.cache
+def registry() -> dict[str, ModelSpec]:
+    """All registered models by name. A plugin that fails to load is skipped with a warning."""
+    specs: dict[str, ModelSpec] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        source = _entry_point_source(ep)
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the others
+            warnings.warn(f"model plugin {ep.name!r} from {source} failed to import and is skipped: {exc}")
+            continue
+        if not isinstance(obj, ModelSpec):
+            warnings.warn(
+                f"model plugin {ep.name!r} from {source} is skipped: the entry point must name a "
+                f"robust.models.ModelSpec; received {type(obj).__name__}."
+            )
+            continue
+        specs[ep.name] = dataclasses.replace(obj, name=ep.name, source=source)
+    return specs
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered as ``name``; an unknown name lists the known ones."""
+    specs = registry()
+    if name not in specs:
+        raise RobustError(
+            f"Unknown model {name!r}. Known models: {known_names(specs)}. "
+            "Run `robust models` to see what each one is."
+        )
+    return specs[name]
+
+
+def format_shape(shape: Shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def build_model(name: str, input_shape: Shape, num_classes: int, **options: Any):
+    """Build the registered model ``name`` for images of ``input_shape`` (H, W, C).
+
+    The input shape is checked against what the model accepts before Keras
+    sees it, so a mismatch is explained in plain words instead of by a
+    TensorFlow shape error deep in a layer.
+    """
+    spec = get_spec(name)
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3:
+        raise RobustError(
+            f"Model {name!r} needs images of rank 3 (height, width, channels); received input shape "
+            f"{input_shape} of rank {len(input_shape)}. Grayscale images need a channel axis of 1, e.g. 28x28x1."
+        )
+    if num_classes < 2:
+        raise RobustError(f"Model {name!r} needs at least 2 classes; received num_classes={num_classes}.")
+    reason = spec.check_input(input_shape, num_classes)
+    if reason:
+        raise RobustError(
+            f"Model {name!r} cannot take images of shape {format_shape(input_shape)}: {reason} "
+            f"It accepts {spec.input_shapes}."
+        )
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise RobustError(
+            f"Model {name!r} has no option {known_names(unknown)}. Its options are: "
+            f"{', '.join(f'{k}={v!r}' for k, v in spec.options.items()) or 'none'}."
+        )
+    return spec.build(input_shape, num_classes, **options)
+
+
+def check_model_input(model, input_shape: Shape, *, data_name: str = "the data") -> None:
+    """Raise a readable error when ``model`` cannot take images of ``input_shape``.
+
+    This is the check people most need in TensorFlow: feeding 32x32x3
+    images to a 28x28x1 model. ``None`` dimensions in the model accept any size.
+    """
+    expected = tuple(model.input_shape[1:])
+    got = tuple(int(d) for d in input_shape)
+    ok = len(expected) == len(got) and all(e is None or e == g for e, g in zip(expected, got))
+    if not ok:
+        exp = "x".join("?" if e is None else str(e) for e in expected)
+        raise RobustError(
+            f"Model {model.name!r} expects images of shape {exp} (height x width x channels) but "
+            f"{data_name} has images of shape {format_shape(got)}. Use data of the shape the model "
+            f"was built for, or build/train the model for {format_shape(got)} images."
+        )
+
+
+def count_params(model) -> int:
+    """Number of weights and biases (trainable or not) of a built Keras model."""
+    return int(model.count_params())

@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Every error caused by what a user passed in (a name, a shape, a file, an
+option value) is a :class:`RobustError`: one paragraph that says what was
+expected, what was received and how to fix it. The CLI turns it into exit
+code 2 without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RobustError(ValueError):
+    """Bad input from the user, explained in plain words."""
+
+
+def known_names(names) -> str:
+    """Format a collection of names for an error message: ``'a', 'b', 'c'``."""
+    return ", ".join(repr(n) for n in sorted(names))
