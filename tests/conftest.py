@@ -1,0 +1,62 @@
+"""Shared fixtures: real MNIST from ../shared/data, and small models trained on it once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Tests use the project's normal data-path variable; CI and developers keep the
+# data beside the checkout in ../shared/data (see README, "Data sources").
+_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if _SHARED.is_dir():
+    os.environ.setdefault("ROBUST_DATA_DIR", str(_SHARED))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"ROBUST_DATA_DIR={os.environ.get('ROBUST_DATA_DIR', '(not set)')}"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = os.environ.get("ROBUST_DATA_DIR")
+    if not path or not (Path(path) / "mnist.npz").is_file():
+        pytest.skip("real MNIST not found: set ROBUST_DATA_DIR to a folder with mnist.npz (../shared/data)")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir):
+    """Full MNIST from ROBUST_DATA_DIR, as robust.data returns it."""
+    from robust.data import load_dataset
+
+    return load_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def trained_lenet(mnist):
+    """A LeNet-5 trained for one epoch on 12,000 real MNIST images (about 97% accurate), once per session."""
+    import keras
+
+    from robust.models import build_model
+
+    keras.utils.set_random_seed(0)
+    small = mnist.limited(12000, seed=0)
+    model = build_model("lenet5", mnist.input_shape, mnist.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(small.x_train, small.y_train, batch_size=64, epochs=1, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def mnist_test_batch(mnist):
+    """500 class-balanced real MNIST test images and labels."""
+    from robust.data import balanced_indices
+
+    idx = balanced_indices(mnist.y_test, 500, seed=1)
+    return mnist.x_test[idx], mnist.y_test[idx].astype(np.int64)
