@@ -226,15 +226,30 @@ def _from_idx_folder(folder: Path):
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
-def _from_cifar_folder(folder: Path):
-    from keras.datasets.cifar import load_batch  # the original batches are python pickles
+def _cifar_batch(path: Path):
+    """One batch of the CIFAR-10 python release: a pickled dict with b"data" (N, 3072) and b"labels".
 
+    The original release is pickled, so this is the one place a pickle is read:
+    only from a folder the user named explicitly with --data.
+    """
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data, labels = batch[b"data"], batch[b"labels"]
+    except Exception as exc:
+        raise RobustError(f"{path} is not a CIFAR-10 python batch ({_first_line(exc)}).") from None
+    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+
+
+def _from_cifar_folder(folder: Path):
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise RobustError(f"{folder} is not a CIFAR-10 python batch folder: it lacks {', '.join(missing)}.")
-    xs, ys = zip(*(load_batch(str(folder / n)) for n in names[:5]))
-    x_test, y_test = load_batch(str(folder / "test_batch"))
+    xs, ys = zip(*(_cifar_batch(folder / n) for n in names[:5]))
+    x_test, y_test = _cifar_batch(folder / "test_batch")
     to_nhwc = lambda x: np.transpose(x, (0, 2, 3, 1))  # noqa: E731  batches are NCHW
     return (to_nhwc(np.concatenate(xs)), np.concatenate(ys)), (to_nhwc(x_test), y_test)
 

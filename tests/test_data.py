@@ -1,0 +1,141 @@
+"""Data sources in order: --data (npz, IDX, CIFAR batches), ROBUST_DATA_DIR, Keras loader, shipped subset."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from robust import RobustError
+from robust.data import balanced_indices, load_dataset
+
+
+@pytest.fixture
+def no_keras(monkeypatch):
+    """No Keras cache or network: the Keras loader fails like it does offline."""
+    import robust.data as data
+
+    def offline(name):
+        raise OSError(f"URL fetch failure for {name}: no network")
+
+    monkeypatch.setattr(data, "_from_keras", offline)
+    monkeypatch.delenv("ROBUST_DATA_DIR", raising=False)
+
+
+def _write_idx(path, array, gz=False):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(raw)
+
+
+def test_npz_via_data_dir_is_float_nhwc(mnist):
+    assert mnist.x_train.shape == (60000, 28, 28, 1) and mnist.x_test.shape == (10000, 28, 28, 1)
+    assert mnist.x_train.dtype == np.float32 and 0.0 == mnist.x_train.min() and mnist.x_train.max() == 1.0
+    assert mnist.y_train.dtype == np.int64 and set(np.unique(mnist.y_train)) == set(range(10))
+    assert "ROBUST_DATA_DIR" in mnist.source
+    # published class counts of the MNIST training set
+    assert np.bincount(mnist.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_cifar10_from_data_dir(data_dir):
+    ds = load_dataset("cifar10")
+    assert ds.input_shape == (32, 32, 3) and ds.class_names[0] == "airplane" and ds.num_classes == 10
+
+
+def test_explicit_npz_path(tmp_path, no_keras):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    y = np.arange(20) % 10
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    ds = load_dataset("fashion_mnist", tmp_path / "d.npz")
+    assert ds.x_train.shape == (20, 28, 28, 1) and ds.source.startswith("--data")
+    np.testing.assert_allclose(ds.x_train[..., 0] * 255, x, atol=1e-4)
+    assert ds.class_names[9] == "Ankle boot"
+
+
+def test_idx_folder_round_trips_real_digits(tmp_path, mnist, no_keras):
+    x = np.rint(mnist.x_train[:50, ..., 0] * 255).astype(np.uint8)
+    y = mnist.y_train[:50].astype(np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", x, gz=True)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", y)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", x[:10])
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", y[:10], gz=True)
+    ds = load_dataset("mnist", tmp_path)
+    np.testing.assert_array_equal(ds.y_train, mnist.y_train[:50])
+    np.testing.assert_allclose(ds.x_train, mnist.x_train[:50], atol=1e-6)
+
+
+def test_idx_truncated_and_missing(tmp_path, no_keras):
+    with pytest.raises(RobustError, match="has no train-images-idx3-ubyte"):
+        load_dataset("mnist", tmp_path)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((5, 28, 28)))
+    data = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(data[:-100])
+    for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        _write_idx(tmp_path / stem, np.zeros((5, 28, 28) if "images" in stem else (5,)))
+    with pytest.raises(RobustError, match="truncated"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_cifar_batch_folder(tmp_path, no_keras):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
+
+
+def test_shipped_subset_is_the_offline_fallback(no_keras):
+    ds = load_dataset("mnist")
+    assert "shipped" in ds.source
+    assert ds.x_train.shape == (6000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+    assert np.bincount(ds.y_train).tolist() == [600] * 10
+
+
+def test_no_source_lists_what_was_tried(no_keras, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUST_DATA_DIR", str(tmp_path))
+    with pytest.raises(RobustError) as err:
+        load_dataset("cifar10")
+    msg = str(err.value)
+    assert "cifar10.npz" in msg and "keras.datasets.cifar10" in msg and "--data PATH" in msg
+
+
+def test_bad_inputs(tmp_path, no_keras):
+    with pytest.raises(RobustError, match="Unknown dataset 'svhn'.*'cifar10'"):
+        load_dataset("svhn")
+    with pytest.raises(RobustError, match="no such file"):
+        load_dataset("mnist", tmp_path / "nope.npz")
+    np.savez(tmp_path / "wrong.npz", a=np.zeros(3))
+    with pytest.raises(RobustError, match="lacks"):
+        load_dataset("mnist", tmp_path / "wrong.npz")
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    np.savez(tmp_path / "c.npz", x_train=x, y_train=np.zeros(4), x_test=x, y_test=np.zeros(4))
+    with pytest.raises(RobustError, match="shape 32x32x3; expected 28x28x1"):
+        load_dataset("mnist", tmp_path / "c.npz")
+    # a pickled object array is refused: np.load never allows pickle
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    (tmp_path / "obj.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(RobustError, match="Cannot read"):
+        load_dataset("mnist", tmp_path / "obj.npz")
+
+
+def test_limit_is_balanced_and_seeded(mnist):
+    a = mnist.limited(1000, seed=3)
+    b = mnist.limited(1000, seed=3)
+    c = mnist.limited(1000, seed=4)
+    assert np.bincount(a.y_train).tolist() == [100] * 10 and len(a.x_test) == 1000
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert "limit 1000" in a.source
+
+
+def test_balanced_indices_with_uneven_classes():
+    y = np.array([0] * 50 + [1] * 3 + [2] * 10)
+    idx = balanced_indices(y, 12, seed=0)
+    assert len(idx) == 12 and np.bincount(y[idx]).tolist() == [5, 3, 4]
+    assert len(set(idx.tolist())) == 12
