@@ -24,7 +24,8 @@ def matched_width(target_params: int, input_size: int, num_classes: int, depth: 
     return max(1, round(w))
 
 
-def mlp(input_shape=(28, 28, 1), num_classes=10, *, depth=2, width=512, dropout=0.2, match=None):
+def mlp(input_shape=(28, 28, 1), num_classes=10, *, depth=2, width=512, dropout=0.2, match=None,
+        match_options=None):
     """A multilayer perceptron: flatten, ``depth`` hidden ReLU layers of ``width`` units, logits.
 
     The default (two hidden layers of 512, three weight layers) is the classic
@@ -38,6 +39,7 @@ def mlp(input_shape=(28, 28, 1), num_classes=10, *, depth=2, width=512, dropout=
         dropout: dropout rate after each hidden layer (0 disables it).
         match: name of a zoo model whose parameter count the MLP should match
             (for a fair comparison in capacity); the width is solved for.
+        match_options: options of that model (e.g. ``{"width": 0.25}`` for a slim VGG).
 
     Returns:
         A ``keras.Model`` named ``mlp`` (or ``mlp_match_<name>``) that outputs logits.
@@ -48,7 +50,7 @@ def mlp(input_shape=(28, 28, 1), num_classes=10, *, depth=2, width=512, dropout=
     if match:
         if match == "mlp":
             raise RobustError("mlp cannot be matched to itself; give --match the name of a ConvNet such as 'lenet5'.")
-        target = count_params(build_model(match, input_shape, num_classes))
+        target = count_params(build_model(match, input_shape, num_classes, **(match_options or {})))
         width = matched_width(target, math.prod(input_shape), num_classes, int(depth))
         name = f"mlp_match_{match}"
     if int(width) < 1:
@@ -69,6 +71,6 @@ MLP = ModelSpec(
     description="fully connected baseline: flatten, hidden ReLU layers, logits (match=MODEL matches a ConvNet's size)",
     input_shapes="any HxWxC (the image is flattened)",
     check_input=lambda input_shape, num_classes: None,
-    options={"depth": 2, "width": 512, "dropout": 0.2, "match": None},
+    options={"depth": 2, "width": 512, "dropout": 0.2, "match": None, "match_options": None},
     kind="fc",
 )

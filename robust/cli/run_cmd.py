@@ -1,0 +1,47 @@
+"""``robust run`` (the end-to-end study) and ``robust report`` (re-render without recomputing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robust.cli import main
+
+
+@main.command("run")
+@click.argument("spec", required=False, metavar="[SPEC]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder [default: reports/<spec name>/].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out, keeping finished work.")
+@click.option("--force", is_flag=True, help="Start over in a folder that already holds a run "
+                                            "(trained models with the same settings are still reused).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run_command(spec, out_dir, resume, force, no_progress) -> None:
+    """Train, attack and report: CNNs vs fully connected baselines.
+
+    SPEC is a run spec in TOML or a built-in spec name (mnist, cifar10);
+    without it the built-in MNIST study runs: LeNet-5 vs an MLP vs an MLP
+    matched to LeNet-5's size, FGSM and PGD at six eps, fooling images.
+    """
+    from robust.errors import RobustError
+    from robust.spec import load_spec
+    from robust.study import Study
+
+    if resume and force:
+        raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
+                          "--force throws it away. Pass one of them.")
+    parsed = load_spec(spec)
+    out = out_dir or Path("reports") / parsed.name
+    click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
+    Study(parsed, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def report_command(run_dir) -> None:
+    """Re-render RUN_DIR's report from its results.json, without recomputing anything."""
+    from robust.report import render_report
+
+    paths = render_report(run_dir)
+    click.echo(f"Wrote {paths['html']} and {paths['md']}")

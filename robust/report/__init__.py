@@ -1,0 +1,99 @@
+"""Render a run folder's ``results.json`` into figures, ``report.html`` and ``report.md``.
+
+Rendering reads only ``results.json`` and the arrays it names: ``robust report
+DIR`` re-renders without recomputing anything. The HTML is one self-contained
+file (images embedded as data URIs); every string that comes from a model, a
+plugin or a spec (names, labels, class names) is escaped by Jinja's autoescape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+
+from robust.artifacts import write_text
+from robust.errors import RobustError
+from robust.report import figures
+from robust.report.findings import findings
+
+RESULTS_SCHEMA = "robust.results/1"
+
+
+def load_results(out: str | Path) -> dict:
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise RobustError(f"{out} has no results.json. Expected a folder written by `robust run` "
+                          "(run it first, or --resume an interrupted run).")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RobustError(f"{path} is not valid JSON ({exc}); re-create it with `robust run --resume`.") from None
+    if results.get("schema") != RESULTS_SCHEMA:
+        raise RobustError(f"{path} has schema {results.get('schema')!r}; this version of robust renders "
+                          f"{RESULTS_SCHEMA!r}.")
+    return results
+
+
+def _jinja():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("robust.report", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
+    env.filters["num"] = lambda v: f"{int(v):,}"
+    env.filters["mb"] = lambda v: f"{float(v) / 2**20:.2f} MiB"
+    return env
+
+
+def render_report(out: str | Path) -> dict:
+    """Draw the figures and write ``report.html`` and ``report.md`` into ``out``; return their paths."""
+    out = Path(out)
+    results = load_results(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    class_names = results["run"]["data"]["class_names"]
+    spec = results["spec"]
+
+    attack_keys = list(dict.fromkeys(r["attack_key"] for r in results["records"]))
+    curves = {a: figures.accuracy_curves(results, a, fig_dir / f"accuracy_{a}.png") for a in attack_keys}
+    per_model = {}
+    for key, info in results["models"].items():
+        arrays_path = out / info["arrays"]
+        if not arrays_path.is_file():
+            raise RobustError(f"{arrays_path} is missing; results.json names it. Re-run with `robust run --resume`.")
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            strongest = next((a for a in reversed(spec["attacks"]) if a["name"] == "pgd"), spec["attacks"][-1])
+            per_model[key] = {
+                "examples": figures.examples_grid(arrays, class_names, spec["report"]["example_eps"],
+                                                  strongest["name"].upper(), fig_dir / f"examples_{key}.png"),
+                "fooling": figures.fooling_gallery(arrays, class_names, spec["fooling"]["threshold"],
+                                                   fig_dir / f"fooling_{key}.png"),
+                "saliency": figures.saliency_grid(arrays, class_names, fig_dir / f"saliency_{key}.png"),
+                "filters": figures.filter_grid(arrays, info["kind"], fig_dir / f"filters_{key}.png"),
+            }
+
+    def data_uri(name):
+        return "data:image/png;base64," + base64.b64encode((fig_dir / name).read_bytes()).decode("ascii")
+
+    table = _results_table(results)
+    context = {"r": results, "curves": curves, "figs": per_model, "table": table,
+               "findings": findings(results), "attack_keys": attack_keys}
+    env = _jinja()
+    html = env.get_template("report.html.j2").render(**context, src=data_uri)
+    md = env.get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
+    write_text(out / "report.html", html)
+    write_text(out / "report.md", md)
+    return {"html": out / "report.html", "md": out / "report.md"}
+
+
+def _results_table(results: dict) -> list[dict]:
+    rows = []
+    for r in results["records"]:
+        rows.append({**r, "label": results["models"][r["model"]]["label"]})
+    return rows

@@ -1,0 +1,104 @@
+"""Findings written from the numbers of a study: which model is more accurate, which more robust, by how much."""
+
+from __future__ import annotations
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _eps50(rows: list[dict]) -> float | None:
+    """The eps at which accuracy falls to half the clean accuracy (linear interpolation), or None."""
+    rows = sorted(rows, key=lambda r: r["eps"])
+    if not rows:
+        return None
+    half = rows[0]["clean_accuracy"] / 2
+    for a, b in zip(rows, rows[1:]):
+        if a["adversarial_accuracy"] >= half > b["adversarial_accuracy"]:
+            span = a["adversarial_accuracy"] - b["adversarial_accuracy"]
+            return a["eps"] + (b["eps"] - a["eps"]) * (a["adversarial_accuracy"] - half) / span
+    return None
+
+
+def findings(results: dict) -> list[str]:
+    """Plain sentences, each built from measured values in ``results``."""
+    models = results["models"]
+    out: list[str] = []
+    failing = {k for k, m in models.items() if any(c["status"] == "fail" for c in m["checks"])}
+    for k in failing:
+        bad = [c["check"] for c in models[k]["checks"] if c["status"] == "fail"]
+        out.append(f"{models[k]['label']} fails the sanity check(s) {'; '.join(bad)}. Its accuracy under attack "
+                   "measures the attack's failure, not robustness (the signature of gradient masking); "
+                   "it is left out of the robustness comparisons below.")
+
+    by_acc = sorted(models.items(), key=lambda kv: -kv[1]["test_accuracy"])
+    best_k, best = by_acc[0]
+    others = ", ".join(f"{m['label']} {_pct(m['test_accuracy'])} ({m['params']:,} parameters)"
+                       for _, m in by_acc[1:])
+    out.append(f"Most accurate on clean test data: {best['label']} with {_pct(best['test_accuracy'])} "
+               f"and {best['params']:,} parameters" + (f", against {others}." if others else "."))
+
+    convs = {k: m for k, m in models.items() if m["kind"] == "conv"}
+    fcs = {k: m for k, m in models.items() if m["kind"] == "fc"}
+    for ck, c in convs.items():
+        for fk, f in fcs.items():
+            ratio = f["params"] / c["params"]
+            gap = c["test_accuracy"] - f["test_accuracy"]
+            if abs(ratio - 1) < 0.05:
+                out.append(
+                    f"At equal capacity ({f['params']:,} vs {c['params']:,} parameters) {f['label']} is "
+                    f"{abs(gap) * 100:.1f} points {'less' if gap > 0 else 'more'} accurate than {c['label']}"
+                    + (": the ConvNet's advantage comes from its architecture (local receptive fields and weight "
+                       "sharing, which build in translation equivariance), not from having more weights."
+                       if gap > 0 else ".")
+                )
+            elif ratio > 1.05:
+                out.append(
+                    f"{f['label']} has {ratio:.1f}x the parameters of {c['label']} yet is "
+                    f"{abs(gap) * 100:.1f} points {'less' if gap > 0 else 'more'} accurate."
+                )
+            conv_act = c["summary"]["totals"]["activations"]
+            fc_act = f["summary"]["totals"]["activations"]
+            if ck == next(iter(convs)) and fk == next(iter(fcs)):
+                out.append(f"Per image, {c['label']} computes {conv_act:,} activations against {fc_act:,} for "
+                           f"{f['label']}: convolution reuses each weight at every position "
+                           f"({c['params']:,} weights for {conv_act:,} activations).")
+
+    attacks = list(dict.fromkeys(r["attack_key"] for r in results["records"]))
+    for a in attacks:
+        rows = {k: [r for r in results["records"] if r["model"] == k and r["attack_key"] == a] for k in models}
+        eps_values = sorted({r["eps"] for r in results["records"] if r["attack_key"] == a and r["eps"] > 0})
+        if not eps_values:
+            continue
+        trusted = [k for k in models if k not in failing]
+        if len(trusted) < 2:
+            continue
+        for e in (eps_values[0], eps_values[len(eps_values) // 2]) if len(eps_values) > 1 else eps_values:
+            accs = sorted(((next(r["adversarial_accuracy"] for r in rows[k] if r["eps"] == e), k) for k in trusted),
+                          reverse=True)
+            (hi, hk), (lo, lk) = accs[0], accs[-1]
+            middle = "".join(f", {models[k]['label']} {_pct(v)}" for v, k in accs[1:-1])
+            out.append(f"{a.upper()} at eps={e:g}: {models[hk]['label']} keeps {_pct(hi)} accuracy{middle}, "
+                       f"{models[lk]['label']} {_pct(lo)} ({(hi - lo) * 100:.1f} points between the most and "
+                       "the least robust).")
+        halves = {k: _eps50(rows[k]) for k in trusted}
+        known = {k: v for k, v in halves.items() if v is not None}
+        if known:
+            most = max(known, key=known.get)
+            out.append(f"{a.upper()} halves the clean accuracy at eps "
+                       + ", ".join(f"{v:.3f} for {models[k]['label']}" for k, v in sorted(known.items(),
+                                                                                          key=lambda kv: -kv[1]))
+                       + f"; the most robust under {a.upper()} is {models[most]['label']}."
+                       + ("" if len(known) == len(halves) else " (Some models keep over half their accuracy "
+                          "at every eps tried: " + ", ".join(models[k]['label'] for k in halves
+                                                             if halves[k] is None) + ".)"))
+
+    for k, m in models.items():
+        if m["fooling"]:
+            reached = [f for f in m["fooling"] if f["reached"]]
+            steps = sorted(f["steps"] for f in reached)
+            med = steps[len(steps) // 2] if steps else None
+            out.append(f"Fooling images: {m['label']} labels pure noise-started images with at least "
+                       f"{100 * results['spec']['fooling']['threshold']:g}% confidence for {len(reached)} of "
+                       f"{len(m['fooling'])} targets" + (f", in a median of {med} gradient steps." if med else "."))
+    return out
