@@ -25,13 +25,17 @@ BUILTIN_SPECS = ("mnist", "cifar10")
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    name: str                     # zoo name
+    name: str                     # zoo name (trained by the study), or the ref for a ready model
     label: str                    # display name in the report
     key: str                      # file-safe unique id within the run
     options: dict[str, Any]
     epochs: int
     batch_size: int
     lr: float
+    ref: str | None = None        # a ready model (a .keras file, a train folder, module:factory, a plugin
+                                  # name): evaluated as it is, never trained
+    value_range: tuple[float, float] | None = None  # the ref model's input range, when not in its metadata
+    unsafe: bool = False          # allow a .keras file that carries code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +161,27 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
     models, keys = [], set()
     for i, m in enumerate(models_raw):
         where = f"models[{i}]"
-        if not isinstance(m, dict) or "name" not in m:
-            raise _err(source, where, "a table with a name", m)
-        _check_keys(m, {"name", "label", "options", "epochs", "batch_size", "lr"}, where, source)
+        if not isinstance(m, dict) or ("name" in m) == ("ref" in m):
+            raise _err(source, where, "a table with either name (a zoo model to train) or ref (a ready model)", m)
+        _check_keys(m, {"name", "ref", "label", "options", "epochs", "batch_size", "lr", "value_range", "unsafe"},
+                    where, source)
+        if "ref" in m:
+            ref = m["ref"]
+            if not isinstance(ref, str) or not ref:
+                raise _err(source, f"{where}.ref", "a model reference (file, folder, module:factory or plugin name)", ref)
+            vr = m.get("value_range")
+            if vr is not None and not (isinstance(vr, list) and len(vr) == 2
+                                       and all(isinstance(v, (int, float)) for v in vr) and vr[0] < vr[1]):
+                raise _err(source, f"{where}.value_range", "[low, high] with low < high", vr)
+            label = str(m.get("label") or ref)
+            key = _slug(label)
+            if key in keys:
+                raise RobustError(f"Spec {source}: {where} repeats model {label!r}.")
+            keys.add(key)
+            models.append(ModelEntry(name=ref, label=label, key=key, options={}, epochs=0, batch_size=batch_size,
+                                     lr=lr, ref=ref, value_range=tuple(vr) if vr else None,
+                                     unsafe=bool(m.get("unsafe", False))))
+            continue
         get_model_spec(m["name"])  # unknown name: error listing the known ones
         options = m.get("options", {})
         if not isinstance(options, dict):
@@ -182,8 +204,9 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
     if not isinstance(eps_values, list) or not eps_values:
         raise _err(source, "eps.values", "a non-empty list of numbers", eps_values)
     eps = tuple(sorted({_number(e, "eps.values", source) for e in eps_values}))
-    if eps[-1] > 1.0:
-        raise _err(source, "eps.values", "numbers in [0, 1] (the images' value range)", eps_values)
+    widest = max([1.0] + [m.value_range[1] - m.value_range[0] for m in models if m.value_range])
+    if eps[-1] > widest:
+        raise _err(source, "eps.values", f"numbers in [0, {widest:g}] (the models' input value range)", eps_values)
 
     attacks_raw = raw.get("attacks", [{"name": "fgsm"}, {"name": "pgd"}])
     if not isinstance(attacks_raw, list) or not attacks_raw:

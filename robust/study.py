@@ -152,11 +152,12 @@ class Study:
         return {"dataset": ds, "x": ds.x_test[idx], "y": ds.y_test[idx], "test_indices": idx}
 
     def _model(self, entry, dataset) -> dict:
-        """Train the model, or load it when a model with the same settings is already in the folder."""
+        """Train the model, load it when one with the same settings is in the folder, or load a ready model."""
         from robust.artifacts import load_model, read_card
         from robust.summary import summarize
-        from robust.training import train
 
+        if entry.ref:
+            return self._ready_model(entry, dataset)
         folder = self.out / "models" / entry.key
         settings = {"model": entry.name, "options": entry.options, "dataset": dataset.name,
                     "data_source": dataset.source, "train_size": len(dataset.y_train), "epochs": entry.epochs,
@@ -168,6 +169,8 @@ class Study:
             model, card = load_model(folder)
             self.echo(f"Model {entry.label}: reusing {folder} (same settings), test accuracy {card['test_accuracy']:.4f}")
         else:
+            from robust.training import train
+
             self.echo(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs")
             result = train(entry.name, dataset, epochs=entry.epochs, batch_size=entry.batch_size, lr=entry.lr,
                            seed=self.spec.seed, out_dir=folder, model_options=entry.options,
@@ -175,7 +178,27 @@ class Study:
             model, card = result.model, result.card
             write_json(saved, {"hash": wanted, "settings": settings})
             self.echo(f"Model {entry.label}: test accuracy {card['test_accuracy']:.4f} ({card['seconds']:.0f} s)")
-        return {"entry": entry, "model": model, "card": card, "folder": folder,
+        return {"entry": entry, "model": model, "card": card, "folder": folder, "kind": _model_kind(entry.name),
+                "summary": summarize(model).to_dict()}
+
+    def _ready_model(self, entry, dataset) -> dict:
+        """A model we did not train (a file, a factory, a plugin): checked, measured, never trained."""
+        from robust.models import check_model_input, count_params
+        from robust.plugins import load_model_ref
+        from robust.summary import summarize
+
+        loaded = load_model_ref(entry.ref, value_range=entry.value_range, unsafe=entry.unsafe)
+        self.echo(f"Model {entry.label}: {loaded.describe()}")
+        model = loaded.model
+        check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
+        lo, hi = loaded.value_range
+        x = scale_to(dataset.x_test, (lo, hi))
+        logits = np.asarray(model.predict(x, batch_size=256, verbose=0))
+        card = {"model": loaded.name, "source": loaded.source, "value_range": [lo, hi],
+                "value_range_source": loaded.value_range_source, "params": count_params(model),
+                "test_accuracy": float(np.mean(logits.argmax(1) == dataset.y_test)), "epochs": None,
+                "seconds": None, "outputs": loaded.outputs}
+        return {"entry": entry, "model": model, "card": card, "folder": None, "kind": loaded.kind,
                 "summary": summarize(model).to_dict()}
 
     # -- attacks ---------------------------------------------------------
@@ -198,7 +221,7 @@ class Study:
             m = models[model_key]
             bar.set_postfix_str(f"{model_key} {attack.key} eps={eps:g}")
             value_range = tuple(m["card"].get("value_range", (0.0, 1.0)))
-            [row] = evaluate_attack(m["model"], attack.name, data["x"], data["y"], [eps],
+            [row] = evaluate_attack(m["model"], attack.name, scale_to(data["x"], value_range), data["y"], [eps],
                                     value_range=value_range, seed=self.spec.seed, **attack.params)
             row = {"model": model_key, "attack_key": attack.key, **row}
             write_json(records / _record_name(model_key, attack.key, eps), row)
@@ -216,42 +239,30 @@ class Study:
     def _model_extras(self, m: dict, data: dict) -> None:
         """The gradient-masking checks that need new computation, and the arrays behind the figures."""
         from robust.attacks import FoolingImages, get_attack
-        from robust.gradients import input_gradient, saliency_map
+        from robust.gradients import saliency_map
 
         spec, model, key = self.spec, m["model"], m["entry"].key
         lo, hi = (float(v) for v in m["card"].get("value_range", (0.0, 1.0)))
-        x, y = data["x"], data["y"]
+        x, y = scale_to(data["x"], (lo, hi)), data["y"]
 
-        # 1. Zero input gradients (the plainest sign of masking) over the attacked images.
-        grads = input_gradient(model, x, y)
-        zero = np.all(grads.reshape(len(x), -1) == 0, axis=1)
-        # 2. An attack whose eps covers the whole value range must reach chance or below.
         strongest = self._strongest_attack()
-        params = {k: v for k, v in strongest.params.items() if k not in ("steps",)}
-        n_full = min(len(x), 200)
-        full = get_attack("pgd", eps=hi - lo, steps=10, seed=spec.seed,
-                          **{k: v for k, v in params.items() if k in ("norm", "loss")} if strongest.name == "pgd" else {})
-        full_res = full(model, x[:n_full], y[:n_full], value_range=(lo, hi))
-        checks = {
-            "zero_gradient_fraction": float(zero.mean()),
-            "n_gradient": int(len(x)),
-            "full_range": {"eps": hi - lo, "attack": "pgd", "steps": 10, "n": n_full,
-                           "adversarial_accuracy": float(np.mean(full_res.adv_pred == y[:n_full]))},
-        }
+        checks = gradient_checks(model, x, y, value_range=(lo, hi), seed=spec.seed,
+                                 attack_params=strongest.params if strongest.name == "pgd" else {})
         write_json(self.out / "records" / f"{key}__checks.json", checks)
 
-        # 3. Arrays for the figures: adversarial examples, saliency, first-layer filters, fooling images.
+        # Arrays for the figures: adversarial examples, saliency, first-layer filters, fooling images.
         k = min(spec.report["examples"], len(x))
         ex_attack = get_attack(strongest.name, eps=float(spec.report["example_eps"]), seed=spec.seed,
                                **strongest.params)
         ex = ex_attack(model, x[:k], y[:k], value_range=(lo, hi))
-        clean_prob = _softmax(np.asarray(model.predict(x[:k], verbose=0)))
+        clean_prob = _probabilities(model, x[:k], outputs=m["card"].get("outputs", "logits"))
+        unit = lambda a: ((np.asarray(a, np.float32) - lo) / (hi - lo))  # noqa: E731  figures show [0, 1]
         s = min(spec.report["saliency"], len(x))
         arrays = {
-            "example_x": x[:k], "example_y": y[:k], "example_adv": ex.x_adv,
+            "example_x": unit(x[:k]), "example_y": y[:k], "example_adv": unit(ex.x_adv),
             "example_clean_pred": clean_prob.argmax(1), "example_clean_conf": clean_prob.max(1),
             "example_adv_pred": ex.adv_pred, "example_adv_conf": ex.adv_confidence,
-            "saliency_x": x[:s], "saliency_y": y[:s], "saliency": saliency_map(model, x[:s], y[:s]),
+            "saliency_x": unit(x[:s]), "saliency_y": y[:s], "saliency": saliency_map(model, x[:s], y[:s]),
             "filters": first_layer_filters(model, x.shape[1:]),
         }
         if spec.fooling["enabled"]:
@@ -262,7 +273,7 @@ class Study:
                                  jitter=int(f["jitter"]), seed=spec.seed)
             classes = None if f["classes"] == "all" else list(f["classes"])
             fr = fool(model, classes=classes, seeds=int(f["seeds"]), value_range=(lo, hi))
-            arrays.update(fooling_images=fr.images, fooling_target=fr.target, fooling_confidence=fr.confidence,
+            arrays.update(fooling_images=unit(fr.images), fooling_target=fr.target, fooling_confidence=fr.confidence,
                           fooling_steps=fr.steps, fooling_reached=fr.reached)
         (self.out / "arrays").mkdir(exist_ok=True)
         with atomic_path(self.out / "arrays" / f"{key}.npz") as tmp:
@@ -291,7 +302,9 @@ class Study:
             card = m["card"]
             model_info[key] = {
                 "label": m["entry"].label, "name": m["entry"].name, "options": m["entry"].options,
-                "kind": _model_kind(m["entry"].name), "folder": str(m["folder"].relative_to(self.out)),
+                "kind": m["kind"], "folder": str(m["folder"].relative_to(self.out)) if m["folder"] else None,
+                "ref": m["entry"].ref, "value_range": list(m["card"].get("value_range", (0.0, 1.0))),
+                "value_range_source": m["card"].get("value_range_source", "trained by robust on [0, 1] images"),
                 "params": card["params"], "test_accuracy": card["test_accuracy"],
                 "subset_clean_accuracy": next(r["clean_accuracy"] for r in records if r["model"] == key),
                 "epochs": card["epochs"], "train_seconds": card.get("seconds"),
@@ -328,7 +341,17 @@ def _model_kind(name: str) -> str:
     return spec.kind if spec else "unknown"
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def scale_to(x: np.ndarray, value_range) -> np.ndarray:
+    """Map images in [0, 1] to a model's input range [lo, hi]."""
+    lo, hi = (float(v) for v in value_range)
+    return x if (lo, hi) == (0.0, 1.0) else (lo + x * (hi - lo)).astype(np.float32)
+
+
+def _probabilities(model, x: np.ndarray, *, outputs: str = "logits") -> np.ndarray:
+    """Class probabilities of a model that outputs logits (softmax applied) or probabilities (used as they are)."""
+    z = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float64)
+    if outputs == "probabilities":
+        return z
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -357,6 +380,34 @@ def first_layer_filters(model, input_shape) -> np.ndarray:
     lo = f.min(axis=(1, 2, 3), keepdims=True)
     hi = f.max(axis=(1, 2, 3), keepdims=True)
     return ((f - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+
+
+def gradient_checks(model, x: np.ndarray, y: np.ndarray, *, value_range=(0.0, 1.0), seed: int = 0,
+                    attack_params: dict | None = None, n_full: int = 200) -> dict:
+    """Measure what the masking checks need beyond the attack results.
+
+    Returns the fraction of images whose input gradient is exactly zero, and
+    the accuracy under a PGD-10 attack whose eps spans the whole value range
+    (any image is reachable, so a working attack must reach chance or below).
+    """
+    from robust.attacks import get_attack
+    from robust.gradients import input_gradient
+
+    lo, hi = (float(v) for v in value_range)
+    grads = input_gradient(model, x, y)
+    zero = np.all(grads.reshape(len(x), -1) == 0, axis=1)
+    params = {k: v for k, v in (attack_params or {}).items() if k in ("norm", "loss")}
+    if params.get("norm", "inf") != "inf":
+        params["norm"] = "inf"  # the whole-range ball is an L-inf ball
+    n_full = min(len(x), n_full)
+    attack = get_attack("pgd", eps=hi - lo, steps=10, seed=seed, **params)
+    res = attack(model, x[:n_full], y[:n_full], value_range=(lo, hi))
+    return {
+        "zero_gradient_fraction": float(zero.mean()),
+        "n_gradient": int(len(x)),
+        "full_range": {"eps": hi - lo, "attack": "pgd", "steps": 10, "n": n_full,
+                       "adversarial_accuracy": float(np.mean(res.adv_pred == y[:n_full]))},
+    }
 
 
 def _status(ok: bool, warn: bool) -> str:

@@ -1,0 +1,3 @@
+from robust.cli import main
+
+main(prog_name="robust")
