@@ -222,8 +222,9 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
                               "in [eps] values = [...].")
         _validate_attack(a["name"], params, where, source)
         norm = str(params.get("norm", "inf"))
-        key = _slug(a["name"] + ("" if norm == "inf" else f"-l{norm}")
-                    + ("-" + _short_hash(params) if set(params) - {"norm"} else ""))
+        key = _slug(a["name"] + ("" if norm == "inf" else f"-l{norm}"))
+        if key in akeys:  # the same attack twice with other parameters: tell them apart by a hash
+            key = f"{key}-{_short_hash(params)}"
         if key in akeys:
             raise RobustError(f"Spec {source}: {where} repeats attack {a['name']!r} with the same parameters.")
         akeys.add(key)

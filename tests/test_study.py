@@ -117,7 +117,7 @@ def test_numbers_agree_with_robust_attack(run_dir, tmp_path):
                                     "--eps", "0.1,0.3", "--limit", "100", "--seed", "0", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
-    rows = rows["results"] if isinstance(rows, dict) else rows
+    rows = rows["rows"]
     for row in rows:
         rec = next(x for x in r["records"] if x["model"] == "lenet5" and x["attack_key"] == "fgsm"
                    and x["eps"] == row["eps"])
