@@ -2,16 +2,20 @@
 
 Each model is a builder function returning a Keras functional model with
 named layers that outputs logits. Look models up by name with
-:func:`build_model`; ``robust models`` lists them.
+:func:`build_model`; ``robust models`` lists them, together with the ready
+(trained) models that plugins publish as :class:`ModelPlugin`.
 """
 
 from robust.models.registry import (
+    ModelPlugin,
     ModelSpec,
     build_model,
     check_model_input,
     count_params,
     get_spec,
+    ready_models,
     registry,
 )
 
-__all__ = ["ModelSpec", "build_model", "check_model_input", "count_params", "get_spec", "registry"]
+__all__ = ["ModelPlugin", "ModelSpec", "build_model", "check_model_input", "count_params", "get_spec",
+           "ready_models", "registry"]

@@ -1,9 +1,15 @@
-"""The model zoo's registry: named, lazily built Keras models.
+"""The model registry: named, lazily built Keras models.
 
-Every model, built-in or third-party, is a :class:`ModelSpec` published
-through the entry-point group ``robust.models`` (the built-ins in this
-package's own ``pyproject.toml``), so the zoo is one declarative table and
-``robust models`` shows where each entry comes from.
+Every model, built-in or third-party, is published through the entry-point
+group ``robust.models`` (the built-ins in this package's own
+``pyproject.toml``), so the registry is one declarative table and ``robust
+models`` shows where each entry comes from. An entry point names one of:
+
+* a :class:`ModelSpec`: an architecture of the zoo, built untrained and
+  trained by ``robust train`` / ``robust run``;
+* a :class:`ModelPlugin`, or a bare callable: a factory of a *ready*
+  (trained) model, evaluated as it is by ``robust eval NAME`` (the contract
+  is in :mod:`robust.plugins`).
 """
 
 from __future__ import annotations
@@ -48,37 +54,97 @@ class ModelSpec:
     source: str = "built-in"
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelPlugin:
+    """A ready (trained) model published by a package, evaluated as it is (``robust eval NAME``).
+
+    Attributes:
+        name: registry name (the entry point's name).
+        factory: ``factory() -> keras.Model`` or ``(keras.Model, metadata dict)``; the
+            contract is documented in :mod:`robust.plugins`. It may be called more
+            than once per process; cache inside it if building is expensive.
+        description: one line for ``robust models`` (default: the factory's docstring).
+        source: where the entry was registered (filled in by the registry).
+    """
+
+    name: str
+    factory: Callable[[], Any]
+    description: str = ""
+    source: str = "built-in"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registry:
+    """What the entry-point group holds: zoo architectures, ready models, and the plugins skipped."""
+
+    specs: dict[str, ModelSpec]
+    ready: dict[str, ModelPlugin]
+    broken: dict[str, str]  # name -> why it was skipped (failed import, wrong kind of object)
+
+
 def _entry_point_source(ep: importlib.metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     name = dist.metadata["Name"] if dist is not None else "?"
     return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
 
 
+def _first_doc_line(obj) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 @functools.cache
-def registry() -> dict[str, ModelSpec]:
-    """All registered models by name. A plugin that fails to load is skipped with a warning."""
+def entries() -> Registry:
+    """Load the entry-point group once. A plugin that fails to import or names the wrong kind of
+    object is skipped with a warning (and remembered in ``broken``), never breaking the others."""
     specs: dict[str, ModelSpec] = {}
+    ready: dict[str, ModelPlugin] = {}
+    broken: dict[str, str] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         source = _entry_point_source(ep)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
-            warnings.warn(f"model plugin {ep.name!r} from {source} failed to import and is skipped: {exc}")
+            broken[ep.name] = (f"model plugin {ep.name!r} from {source} failed to import: "
+                               f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"{broken[ep.name]}; it is skipped.", stacklevel=2)
             continue
-        if not isinstance(obj, ModelSpec):
-            warnings.warn(
-                f"model plugin {ep.name!r} from {source} is skipped: the entry point must name a "
-                f"robust.models.ModelSpec; received {type(obj).__name__}."
-            )
-            continue
-        specs[ep.name] = dataclasses.replace(obj, name=ep.name, source=source)
-    return specs
+        if isinstance(obj, ModelSpec):
+            specs[ep.name] = dataclasses.replace(obj, name=ep.name, source=source)
+        elif isinstance(obj, ModelPlugin):
+            ready[ep.name] = dataclasses.replace(obj, name=ep.name, source=source,
+                                                 description=obj.description or _first_doc_line(obj.factory))
+        elif callable(obj):
+            ready[ep.name] = ModelPlugin(name=ep.name, factory=obj, description=_first_doc_line(obj), source=source)
+        else:
+            broken[ep.name] = (f"model plugin {ep.name!r} from {source} names an object of type "
+                               f"{type(obj).__name__}; the entry point must name a robust.models.ModelSpec (an "
+                               "architecture to train), a robust.models.ModelPlugin or a callable returning a "
+                               "ready Keras model")
+            warnings.warn(f"{broken[ep.name]}; it is skipped.", stacklevel=2)
+    return Registry(specs, ready, broken)
+
+
+def registry() -> dict[str, ModelSpec]:
+    """The zoo: architectures registered as :class:`ModelSpec`, by name (built-in and plugins)."""
+    return entries().specs
+
+
+def ready_models() -> dict[str, ModelPlugin]:
+    """Ready (trained) models registered by plugins, by name."""
+    return entries().ready
 
 
 def get_spec(name: str) -> ModelSpec:
     """The spec registered as ``name``; an unknown name lists the known ones."""
     specs = registry()
     if name not in specs:
+        if name in ready_models():
+            raise RobustError(
+                f"Model {name!r} is a ready, trained model from {ready_models()[name].source}, not an "
+                f"architecture to train. Evaluate it with `robust eval {name} --dataset D`, or in a run spec "
+                f"with [[models]] ref = \"{name}\"."
+            )
         raise RobustError(
             f"Unknown model {name!r}. Known models: {known_names(specs)}. "
             "Run `robust models` to see what each one is."

@@ -138,4 +138,8 @@ def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
     except Exception as exc:
         raise RobustError(f"{path} could not be loaded as a Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}). Is it a complete .keras file?") from None
+    if not isinstance(model, keras.Model):
+        # A .keras archive can hold any saveable object, e.g. a single layer.
+        raise RobustError(f"{path} holds a {type(model).__name__}, not a model. Expected a .keras file saved from "
+                          "a keras.Model (model.save(path)).")
     return model, card

@@ -197,7 +197,8 @@ class Study:
         card = {"model": loaded.name, "source": loaded.source, "value_range": [lo, hi],
                 "value_range_source": loaded.value_range_source, "params": count_params(model),
                 "test_accuracy": float(np.mean(logits.argmax(1) == dataset.y_test)), "epochs": None,
-                "seconds": None, "outputs": loaded.outputs}
+                "seconds": None, "outputs": loaded.outputs,
+                "class_names": list(loaded.class_names) if loaded.class_names else None}
         return {"entry": entry, "model": model, "card": card, "folder": None, "kind": loaded.kind,
                 "summary": summarize(model).to_dict()}
 
@@ -262,7 +263,8 @@ class Study:
             "example_x": unit(x[:k]), "example_y": y[:k], "example_adv": unit(ex.x_adv),
             "example_clean_pred": clean_prob.argmax(1), "example_clean_conf": clean_prob.max(1),
             "example_adv_pred": ex.adv_pred, "example_adv_conf": ex.adv_confidence,
-            "saliency_x": unit(x[:s]), "saliency_y": y[:s], "saliency": saliency_map(model, x[:s], y[:s]),
+            "saliency_x": unit(x[:s]), "saliency_y": y[:s],
+            "saliency": saliency_map(model, x[:s], y[:s], value_range=(lo, hi)),
             "filters": first_layer_filters(model, x.shape[1:]),
         }
         if spec.fooling["enabled"]:
@@ -305,6 +307,7 @@ class Study:
                 "kind": m["kind"], "folder": str(m["folder"].relative_to(self.out)) if m["folder"] else None,
                 "ref": m["entry"].ref, "value_range": list(m["card"].get("value_range", (0.0, 1.0))),
                 "value_range_source": m["card"].get("value_range_source", "trained by robust on [0, 1] images"),
+                "class_names": m["card"].get("class_names") if m["entry"].ref else None,  # a ready model's own names
                 "params": card["params"], "test_accuracy": card["test_accuracy"],
                 "subset_clean_accuracy": next(r["clean_accuracy"] for r in records if r["model"] == key),
                 "epochs": card["epochs"], "train_seconds": card.get("seconds"),
@@ -394,7 +397,7 @@ def gradient_checks(model, x: np.ndarray, y: np.ndarray, *, value_range=(0.0, 1.
     from robust.gradients import input_gradient
 
     lo, hi = (float(v) for v in value_range)
-    grads = input_gradient(model, x, y)
+    grads = input_gradient(model, x, y, value_range=(lo, hi))
     zero = np.all(grads.reshape(len(x), -1) == 0, axis=1)
     params = {k: v for k, v in (attack_params or {}).items() if k in ("norm", "loss")}
     if params.get("norm", "inf") != "inf":

@@ -155,6 +155,8 @@ def test_report_rerenders_without_recomputing(run_dir, tmp_path):
     html = (copy / "report.html").read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
     assert "<img src=x" not in html
+    md = (copy / "report.md").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md and "<script>" not in md
     assert (copy / "figures" / "examples_lenet5.png").is_file()
     res = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no results.json" in res.output

@@ -1,4 +1,4 @@
-"""``robust models``: the model zoo, with what each accepts and where it comes from."""
+"""``robust models``: the model zoo and the ready models of plugins, with where each comes from."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from robust.cli import main
 
 @main.command("models")
 def models_command() -> None:
-    """List the models of the zoo (built-in and from plugins)."""
-    from robust.models import registry
+    """List the models: zoo architectures to train, and ready models to evaluate (built-in and from plugins)."""
+    from robust.models.registry import entries
 
-    for name, spec in sorted(registry().items()):
+    reg = entries()
+    for name, spec in sorted(reg.specs.items()):
         options = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
         click.echo(f"{name:<16} [{spec.kind}] {spec.description}")
         click.echo(f"{'':<16} inputs: {spec.input_shapes}")
         click.echo(f"{'':<16} options: {options}")
         click.echo(f"{'':<16} from: {spec.source}")
+    if reg.ready:
+        click.echo("\nReady models (trained; evaluate with `robust eval NAME`):")
+        for name, plugin in sorted(reg.ready.items()):
+            click.echo(f"{name:<16} [ready] {plugin.description or '(no description)'}")
+            click.echo(f"{'':<16} from: {plugin.source}")
+    if reg.broken:
+        click.echo("\nSkipped plugins (the other models are not affected):")
+        for name, why in sorted(reg.broken.items()):
+            click.echo(f"{name:<16} {why}")

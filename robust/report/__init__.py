@@ -37,12 +37,23 @@ def load_results(out: str | Path) -> dict:
     return results
 
 
-def _jinja():
+def _escape_markdown(value):
+    """Make a string from a model or plugin inert in Markdown: no raw HTML, no broken table cells."""
+    if not isinstance(value, str):
+        return value
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("\n", " "))
+
+
+def _jinja(markdown: bool = False):
+    """The HTML environment autoescapes; the Markdown one escapes every printed string for Markdown."""
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robust.report", "templates"),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True),
+        autoescape=False if markdown else jinja2.select_autoescape(enabled_extensions=("html", "j2"),
+                                                                   default_for_string=True),
+        finalize=_escape_markdown if markdown else None,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
@@ -84,9 +95,8 @@ def render_report(out: str | Path) -> dict:
     table = _results_table(results)
     context = {"r": results, "curves": curves, "figs": per_model, "table": table,
                "findings": findings(results), "attack_keys": attack_keys}
-    env = _jinja()
-    html = env.get_template("report.html.j2").render(**context, src=data_uri)
-    md = env.get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
+    html = _jinja().get_template("report.html.j2").render(**context, src=data_uri)
+    md = _jinja(markdown=True).get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
     write_text(out / "report.html", html)
     write_text(out / "report.md", md)
     return {"html": out / "report.html", "md": out / "report.md"}

@@ -1,0 +1,75 @@
+"""A plugin attack for robust: random sign noise, a gradient-free baseline.
+
+An attack plugin is a subclass of ``robust.attacks.Attack`` registered in the
+entry-point group ``robust.attacks``: hyper-parameters are keyword-only
+constructor arguments (``eps``, ``norm``, ``targeted`` and ``seed`` handled
+by the base), and the subclass writes ``_perturb`` with ``keras.ops``,
+returning ``(x_adv, clean_logits, adv_logits)`` (either logits may be
+``None`` when the attack did not compute them). The base does the rest:
+validation, labels, batching, the value range, compiling, and the
+``AttackResult``.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+from robust.attacks import Attack
+from robust.attacks.norms import Norm
+from robust.errors import RobustError
+from robust.gradients import objective
+
+
+class RandomSignNoise(Attack):
+    """Random noise on the eps sphere: the best of ``tries`` random draws (a gradient-free baseline).
+
+    For L-inf each draw is a random corner of the eps ball, ``x + eps * s``
+    with ``s`` in {-1, +1} per pixel; for L2 a random direction of length
+    ``eps``. Per image the draw with the largest margin loss is kept (a
+    positive margin is a misclassification). Gradient attacks such as PGD
+    should do much better; when they do not, the gradient is masked
+    (Athalye, Carlini, Wagner 2018, "Obfuscated gradients give a false sense
+    of security").
+
+    Distance measure: L-inf (``norm="inf"``) or L2 (``norm="2"``).
+
+    Args:
+        eps: radius of the ball, in the units of the value range.
+        norm: ``"inf"`` or ``"2"``.
+        tries: random draws per image.
+        targeted: keep the draw closest to the target class given at call time.
+        seed: seed of the draws.
+
+    Example:
+        >>> result = RandomSignNoise(eps=0.3, tries=20)(model, x_test, y_test)
+    """
+
+    name = "random_noise"
+
+    def __init__(self, *, eps: float = 0.1, norm: str | Norm = "inf", tries: int = 10,
+                 targeted: bool = False, seed: int = 0):
+        super().__init__(eps=eps, norm=norm, targeted=targeted, seed=seed)
+        if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+            raise RobustError(f"tries must be a positive integer; received {tries!r}.")
+        self.tries = tries
+
+    def _config(self) -> tuple:
+        return (self.tries,)
+
+    def _starts_at_x(self) -> bool:
+        return True  # the first logits computed are the clean ones, returned to the base
+
+    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+        clean = logits(x)
+        best, best_logits = x, clean
+        best_value = objective(clean, goal, loss="margin", targeted=self.targeted)
+        pick = lambda keep, a, b: ops.where(ops.reshape(keep, (-1,) + (1,) * (len(a.shape) - 1)), a, b)  # noqa: E731
+        for _ in range(self.tries):
+            # normalize() maps a Gaussian to a uniform random sign (L-inf) or direction (L2) of unit size.
+            candidate = ops.clip(x + eps * self.norm.normalize(rng.normal(ops.shape(x))), low, high)
+            z = logits(candidate)
+            value = objective(z, goal, loss="margin", targeted=self.targeted)
+            better = value > best_value
+            best, best_logits = pick(better, candidate, best), pick(better, z, best_logits)
+            best_value = ops.maximum(value, best_value)
+        return best, clean, best_logits

@@ -1,0 +1,167 @@
+"""``robust eval MODEL_REF``: the study of ``robust run`` on a ready model we did not write.
+
+The command loads and checks the model (:func:`robust.plugins.load_model_ref`),
+writes the equivalent run spec (one ``[[models]] ref = ...`` entry) and runs
+it with :class:`robust.study.Study`, so ``robust eval`` and a spec naming the
+same model give the same folder, numbers and report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from robust.cli import main
+from robust.cli.common import FloatList, data_options
+from robust.errors import RobustError
+
+#: The default eps grid, as fractions of the model's value range (the run spec's default grid on [0, 1]).
+DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+class ValueRange(click.ParamType):
+    """``LO,HI`` such as ``0,255`` or ``-1,1``."""
+
+    name = "LO,HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected two numbers LO,HI such as 0,255; received {value!r}.", param, ctx)
+        if not lo < hi:
+            self.fail(f"expected LO < HI such as 0,255; received {value!r}.", param, ctx)
+        return lo, hi
+
+
+@main.command("eval")
+@click.argument("model_ref", metavar="MODEL_REF")
+@data_options
+@click.option("--attacks", "attacks", default="fgsm,pgd", show_default=True, metavar="A,B",
+              help="Comma-separated registered attacks (`robust attacks` lists built-ins and plugins).")
+@click.option("--eps", "eps", type=FloatList(), default=None,
+              help="Comma-separated eps in the model's value range, e.g. 0,8,16 for 0-255 pixels "
+                   "[default: 0, 5, 10, 15, 20 and 30% of the range].")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Iterations of the attacks that take steps (PGD).")
+@click.option("--value-range", "value_range", type=ValueRange(), default=None,
+              help="Pixel range the model expects, when its metadata does not say (otherwise a leading "
+                   "Rescaling layer decides, else [0, 1] is assumed).")
+@click.option("--unsafe", is_flag=True, help="Load a .keras file that carries code (a Lambda layer). "
+                                             "Only for files you trust: loading runs that code.")
+@click.option("--no-fooling", is_flag=True, help="Skip the fooling images.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder [default: reports/eval-<model name>/].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted evaluation in --out, keeping finished work.")
+@click.option("--force", is_flag=True, help="Start over in a folder that already holds a run.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps, value_range, unsafe, no_fooling,
+                 out_dir, resume, force, no_progress) -> None:
+    """Attack and report on a ready model: a .keras file, a `robust train` folder,
+    module.path:factory, or a model registered by a plugin.
+
+    Eps is in the model's value range: for a model taking 0-255 pixels,
+    --eps 8 moves each pixel by 8 of 255. The report says which range was
+    used and where it came from.
+    """
+    from robust.data import DATASETS
+    from robust.plugins import load_model_ref, reuse
+    from robust.spec import parse_spec
+    from robust.study import Study
+
+    if resume and force:
+        raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
+                          "--force throws it away. Pass one of them.")
+    if ":" in model_ref and not Path(model_ref).exists() and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # module:factory in the current folder, as `python -m` finds it
+
+    loaded = load_model_ref(model_ref, value_range=value_range, unsafe=unsafe)
+    dataset = dataset or loaded.dataset
+    if dataset is None:
+        raise RobustError(f"Which data should {loaded.name!r} be evaluated on? Its metadata names no dataset; "
+                          f"pass --dataset ({', '.join(DATASETS)}).")
+    if dataset not in DATASETS:
+        raise RobustError(f"Unknown dataset {dataset!r}" + (" (from the model's metadata)" if dataset == loaded.dataset
+                                                             else "") + f". Known datasets: {', '.join(DATASETS)}.")
+    _check_fits(loaded, dataset)
+
+    lo, hi = loaded.value_range
+    eps_values = list(eps) if eps else [round(f * (hi - lo), 6) for f in DEFAULT_EPS_FRACTIONS]
+    attack_names = [a.strip().lower() for a in attacks.split(",") if a.strip()]
+    if not attack_names:
+        raise RobustError(f"--attacks must name at least one attack, such as fgsm,pgd; received {attacks!r}.")
+    spec = parse_spec(_spec_toml(loaded, dataset=dataset, data_path=data_path, limit=limit, seed=seed,
+                                 attack_names=attack_names, eps=eps_values, steps=steps, fooling=not no_fooling,
+                                 explicit_range=not loaded.value_range_assumed),
+                      source=f"robust eval {model_ref}")
+    out = out_dir or Path("reports") / spec.name
+    click.echo(f"Evaluating {loaded.name} on {dataset} -> {out}")
+    with reuse(loaded):  # the study loads the model by reference: reuse this one instead of loading it twice
+        Study(spec, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+
+
+def _check_fits(loaded, dataset: str) -> None:
+    """The model must take the dataset's images and have one output per class."""
+    from robust.data import DATASETS
+
+    info = DATASETS[dataset]
+    shape = "x".join("?" if d is None else str(d) for d in loaded.input_shape)
+    if any(d is not None and d != e for d, e in zip(loaded.input_shape, info.image_shape)):
+        raise RobustError(f"{loaded.name!r} takes images of shape {shape} but {dataset} images are "
+                          f"{'x'.join(map(str, info.image_shape))}. Evaluate it on the dataset it was built for.")
+    if loaded.num_classes != len(info.class_names):
+        raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
+                          f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")
+
+
+def _spec_toml(loaded, *, dataset, data_path, limit, seed, attack_names, eps, steps, fooling, explicit_range) -> str:
+    """The run spec equivalent to the command line, as TOML (validated by robust.spec.parse_spec)."""
+    from robust.attacks import attack_registry
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", loaded.name).strip("-.") or "model"
+    model = {"ref": loaded.ref, "label": loaded.name}
+    if explicit_range:
+        model["value_range"] = list(loaded.value_range)
+    if loaded.unsafe:
+        model["unsafe"] = True
+    data = {"dataset": dataset}
+    if data_path:
+        data["path"] = str(data_path)
+    if limit:
+        data.update(train_limit=int(limit), test_limit=int(limit))
+    registry = attack_registry()
+    attack_tables = []
+    for name in attack_names:
+        table = {"name": name}
+        if steps is not None and name in registry and "steps" in registry[name].parameters():
+            table["steps"] = int(steps)
+        attack_tables.append(table)
+    if steps is not None and not any("steps" in t for t in attack_tables):
+        raise RobustError(f"--steps applies to attacks that iterate (such as pgd); none of {', '.join(attack_names)} "
+                          "takes steps.")
+    lines = [f"name = {_toml(f'eval-{slug}')}", f"title = {_toml(f'robust eval: {loaded.name} on {dataset}')}",
+             f"seed = {int(seed)}", "", "[data]", *(f"{k} = {_toml(v)}" for k, v in data.items()), "",
+             "[eps]", f"values = {_toml([float(e) for e in eps])}", "", "[fooling]", f"enabled = {_toml(fooling)}", ""]
+    lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in model.items()), ""]
+    for table in attack_tables:
+        lines += ["[[attacks]]", *(f"{k} = {_toml(v)}" for k, v in table.items()), ""]
+    return "\n".join(lines)
+
+
+def _toml(value) -> str:
+    """A TOML literal for a string, number, bool or list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    escaped = "".join("\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F
+                      else ch for ch in str(value))
+    return f'"{escaped}"'
