@@ -35,6 +35,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -82,6 +85,8 @@ def save_trained(directory: str | os.PathLike, model, card: dict) -> None:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # An old card must not outlive its model: drop it before the new model lands.
+    (directory / CARD_FILE).unlink(missing_ok=True)
     save_model(directory / MODEL_FILE, model)
     write_json(directory / CARD_FILE, card)
 

@@ -1,0 +1,448 @@
+"""Training a zoo model on a dataset: seeded tf.data pipeline, best checkpoint, model card.
+
+:func:`train` is what ``robust train`` runs. It holds out a class-balanced,
+seeded part of the train split for validation, fits with AdamW and a cosine
+learning-rate decay, keeps the weights of the epoch with the best validation
+accuracy (the test split is only used once, at the end, to report clean
+accuracy) and writes ``model.keras`` and ``model.json`` atomically.
+
+It uses every GPU TensorFlow sees (one: the default strategy; several:
+``tf.distribute.MirroredStrategy``), optionally in mixed precision, and the
+CPU otherwise. The same seed gives the same split, initial weights and batch
+order, so a run on the same device can be repeated.
+
+Example:
+
+    >>> from robust.data import load_dataset
+    >>> from robust.training import train
+    >>> result = train("lenet5", load_dataset("mnist"), out_dir="runs/lenet5_mnist")  # doctest: +SKIP
+    >>> result.card["test_accuracy"]  # doctest: +SKIP
+    0.9911
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from robust.data import Dataset, balanced_indices
+from robust.errors import RobustError
+
+CARD_SCHEMA = "robust.model/1"
+WEIGHT_DECAY = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainDefaults:
+    """Epochs and initial learning rate used when the caller gives none."""
+
+    epochs: int
+    lr: float
+
+
+# Chosen on 2 CPU cores: lenet5 reaches 99% and mlp 98% on full MNIST with
+# these (see bench/bench_train.py); models not listed get the fallback.
+TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
+    "mlp": TrainDefaults(epochs=10, lr=1e-3),
+    "lenet5": TrainDefaults(epochs=12, lr=2e-3),
+    "alexnet_small": TrainDefaults(epochs=10, lr=1e-3),
+    "vgg11": TrainDefaults(epochs=15, lr=1e-3),
+    "vgg13": TrainDefaults(epochs=15, lr=1e-3),
+    "vgg16": TrainDefaults(epochs=15, lr=1e-3),
+    "vgg19": TrainDefaults(epochs=15, lr=1e-3),
+}
+FALLBACK_DEFAULTS = TrainDefaults(epochs=10, lr=1e-3)
+
+
+def defaults_for(model_name: str) -> TrainDefaults:
+    return TRAIN_DEFAULTS.get(model_name, FALLBACK_DEFAULTS)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained Keras model (float32, weights of the best validation epoch).
+        card: the model card, as written to ``model.json``.
+        history: per-epoch metrics (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
+        epoch_seconds: wall time of each epoch (training plus validation).
+        epoch_cpu_seconds: CPU time of the process (all threads) in each epoch.
+        out_dir: where the model was written, or ``None``.
+    """
+
+    model: Any
+    card: dict
+    history: dict[str, list[float]]
+    epoch_seconds: list[float]
+    epoch_cpu_seconds: list[float]
+    out_dir: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """Where training runs: a description of the device and the tf.distribute strategy."""
+
+    device: str
+    strategy_name: str
+    strategy: Any
+    gpus: int
+
+
+def select_device() -> DevicePlan:
+    """The strategy for the devices TensorFlow sees: GPUs when present, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return DevicePlan(f"CPU ({cores} cores)", "default (one device)", tf.distribute.get_strategy(), 0)
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except Exception:  # details are cosmetic; some platforms do not report them
+            names.append(gpu.name)
+    device = f"GPU x{len(gpus)} ({', '.join(sorted(set(names)))})"
+    if len(gpus) == 1:
+        return DevicePlan(device, "default (one device)", tf.distribute.get_strategy(), 1)
+    return DevicePlan(device, f"MirroredStrategy ({len(gpus)} replicas)", tf.distribute.MirroredStrategy(), len(gpus))
+
+
+def versions() -> dict[str, str]:
+    import tensorflow as tf
+
+    from robust import __version__
+
+    return {"robust": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, validation) of a class-balanced, seeded hold-out of the train split."""
+    n = len(y)
+    n_val = min(n - 1, max(1, int(round(n * fraction))))
+    val = balanced_indices(y, n_val, seed)
+    fit = np.setdiff1d(np.arange(n), val, assume_unique=True)
+    return fit, val
+
+
+def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
+    """A tf.data pipeline of (images, labels) batches; reshuffled every epoch when ``shuffle_seed`` is set.
+
+    Indices are shuffled and batched, then each batch is gathered from the
+    arrays held once in host memory, so no shuffle buffer copies the images.
+    """
+    import tensorflow as tf
+
+    with tf.device("/cpu:0"):
+        xs, ys = tf.constant(x), tf.constant(np.asarray(y, dtype=np.int32))
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_for_training(model, *, lr: float, total_steps: int, weight_decay: float = WEIGHT_DECAY,
+                         loss_scale: bool = False) -> None:
+    """AdamW with cosine decay from ``lr`` to 0 over ``total_steps``; cross-entropy on logits; accuracy.
+
+    ``loss_scale`` wraps the optimizer in dynamic loss scaling, which float16
+    gradients need so that small values do not underflow to zero.
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps))
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+
+def _check_args(epochs, batch_size, lr, validation_fraction, out_dir, tensorboard, dataset) -> None:
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        raise RobustError(f"epochs must be a positive integer; received epochs={epochs!r}.")
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RobustError(f"batch_size must be a positive integer; received batch_size={batch_size!r}.")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise RobustError(f"lr (learning rate) must be a positive number such as 0.001; received lr={lr!r}.")
+    if not 0 < validation_fraction < 1:
+        raise RobustError(f"validation_fraction must be between 0 and 1 (e.g. 0.1); received {validation_fraction!r}.")
+    for flag, path in (("out_dir", out_dir), ("tensorboard", tensorboard)):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise RobustError(f"{flag} must be a folder; {path} exists and is a file. Choose another path.")
+    if len(dataset.x_train) < 2 or len(dataset.x_test) < 1:
+        raise RobustError(f"Training needs at least 2 train images and 1 test image; {dataset.describe()}.")
+
+
+def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch_size: int = 128,
+          lr: float | None = None, seed: int = 0, out_dir: str | os.PathLike | None = None,
+          model_options: dict | None = None, tensorboard: str | os.PathLike | None = None,
+          mixed_precision: bool = False, progress: bool = True, data_path: str | os.PathLike | None = None,
+          limit: int | None = None, validation_fraction: float = 0.1,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train zoo model ``model_name`` on ``dataset`` and optionally write it to ``out_dir``.
+
+    Args:
+        model_name: a name of the zoo (``robust models``).
+        dataset: the data (already limited if a limit applies).
+        epochs: passes over the fitting part of the train split; default per model
+            (:data:`TRAIN_DEFAULTS`).
+        batch_size: images per step (global, over all replicas).
+        lr: initial learning rate of AdamW, decayed to 0 along a cosine; default per model.
+        seed: seeds the validation split, weight initialisation and batch order.
+        out_dir: folder for ``model.keras`` and ``model.json``; nothing is written when ``None``.
+        model_options: builder options of the model (``{"width": 0.25}``).
+        tensorboard: folder for TensorBoard logs (epoch scalars, ``train/`` and ``validation/``).
+        mixed_precision: compute in float16 on GPUs (ignored on the CPU); the saved model is float32.
+        progress: show a progress bar per epoch on stderr.
+        data_path: the ``--data`` path the dataset came from, recorded in the card.
+        limit: the ``--limit`` the dataset was cut to, recorded in the card.
+        validation_fraction: share of the train split held out to choose the best epoch.
+        log: called with one line of text for each step worth reporting (device, result ...).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        RobustError: unknown model or option, a model that cannot take the dataset's
+            images, or bad argument values.
+    """
+    from robust.models import build_model, check_model_input, count_params, get_spec
+
+    say = log or (lambda line: None)
+    spec = get_spec(model_name)
+    defaults = defaults_for(spec.name)
+    epochs = defaults.epochs if epochs is None else epochs
+    lr = defaults.lr if lr is None else lr
+    options = dict(model_options or {})
+    _check_args(epochs, batch_size, lr, validation_fraction, out_dir, tensorboard, dataset)
+
+    plan = select_device()
+    use_mixed = bool(mixed_precision and plan.gpus)
+    say(f"data: {dataset.describe()}")
+    say(f"device: {plan.device}; strategy: {plan.strategy_name}"
+        + ("; mixed precision float16" if use_mixed else "")
+        + ("  (mixed precision needs a GPU: training in float32)" if mixed_precision and not use_mixed else ""))
+
+    keras.utils.set_random_seed(seed)
+    fit_idx, val_idx = split_validation(dataset.y_train, validation_fraction, seed)
+    x_fit, y_fit = dataset.x_train[fit_idx], dataset.y_train[fit_idx]
+    x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
+    steps = math.ceil(len(x_fit) / batch_size)
+
+    with plan.strategy.scope():
+        model = _build(build_model, model_name, dataset, options, use_mixed)
+        check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
+        compile_for_training(model, lr=lr, total_steps=epochs * steps, loss_scale=use_mixed)
+    params = count_params(model)
+    say(f"model: {model_name} ({params:,} parameters{', options ' + repr(options) if options else ''}); "
+        f"{epochs} epochs of {len(x_fit):,} images (batch {batch_size}, lr {lr:g}, seed {seed}); "
+        f"{len(x_val):,} held out for validation")
+
+    train_ds = make_pipeline(x_fit, y_fit, batch_size, shuffle_seed=seed)
+    val_ds = make_pipeline(x_val, y_val, max(batch_size, 256))
+    best, timer = KeepBest(), EpochTimer()
+    callbacks = [timer, best]
+    if progress:
+        callbacks.append(ProgressBar(epochs, steps))
+    if tensorboard is not None:
+        callbacks.append(ScalarLogger(tensorboard))
+
+    start = time.perf_counter()
+    history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, shuffle=False, verbose=0,
+                        callbacks=callbacks)
+    seconds = time.perf_counter() - start
+    model.set_weights(best.weights)
+
+    final = _float32_copy(build_model, model_name, dataset, options, model) if use_mixed else model
+    test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
+    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}; "
+        f"clean test accuracy {test_acc:.4f} on {len(dataset.x_test):,} images ({seconds:.1f} s)")
+
+    card = {
+        "schema": CARD_SCHEMA,
+        "model": model_name,
+        "keras_name": final.name,
+        "options": options,
+        "dataset": dataset.name,
+        "data_source": dataset.source,
+        "data_path": None if data_path is None else str(data_path),
+        "limit": limit,
+        "train_size": int(len(x_fit)),
+        "validation_size": int(len(x_val)),
+        "test_size": int(len(dataset.x_test)),
+        "input_shape": list(dataset.input_shape),
+        "value_range": [float(v) for v in dataset.value_range],
+        "class_names": list(dataset.class_names),
+        "num_classes": int(dataset.num_classes),
+        "params": params,
+        "test_accuracy": float(test_acc),
+        "val_accuracy": float(best.accuracy),
+        "best_epoch": best.epoch + 1,
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "optimizer": f"AdamW(weight_decay={WEIGHT_DECAY:g}), cosine decay of lr to 0",
+        "seconds": round(seconds, 2),
+        "seed": int(seed),
+        "device": plan.device,
+        "strategy": plan.strategy_name,
+        "mixed_precision": use_mixed,
+        "versions": versions(),
+    }
+    out = None
+    if out_dir is not None:
+        from robust.artifacts import save_trained
+
+        out = Path(out_dir)
+        save_trained(out, final, card)
+        say(f"saved: {out / 'model.keras'} and {out / 'model.json'}")
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return TrainResult(final, card, hist, list(timer.seconds), list(timer.cpu_seconds), out)
+
+
+def _build(build_model, model_name, dataset, options, mixed: bool):
+    """The zoo model; under mixed precision, built in float16 with a float32 cast of the logits."""
+    if not mixed:
+        return build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inner = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # Softmax cross-entropy in float16 loses precision; the logits go to float32 first.
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(inner.output)
+    return keras.Model(inner.input, logits, name=inner.name)
+
+
+def _float32_copy(build_model, model_name, dataset, options, trained):
+    """The same architecture in float32 with the trained weights (what gets saved and evaluated)."""
+    model = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
+    model.set_weights(trained.get_weights())
+    return model
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Share of images whose highest logit is the label."""
+    logits = model.predict(make_pipeline(x, y, batch_size).map(lambda xb, yb: xb), verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)))
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps (in memory) the weights of the epoch with the best validation accuracy, ties to lower loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.key = None
+        self.epoch = -1
+        self.accuracy = float("nan")
+        self.weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc, loss = float(logs["val_accuracy"]), float(logs["val_loss"])
+        key = (acc, -loss if math.isfinite(loss) else -math.inf)
+        if self.key is None or key > self.key:
+            self.key, self.epoch, self.accuracy = key, epoch, acc
+            self.weights = self.model.get_weights()
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time and process CPU time (all threads) of every epoch, training plus validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """One tqdm bar per epoch on stderr; metrics are read at most once a second (no per-step sync)."""
+
+    def __init__(self, epochs: int, steps: int, file=None):
+        super().__init__()
+        self.epochs, self.steps, self.file = epochs, steps, file or sys.stderr
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                        file=self.file, mininterval=0.5, dynamic_ncols=True, leave=True)
+        self._shown = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        now = time.monotonic()
+        if logs and now - self._shown >= 1.0:
+            self._shown = now
+            self.bar.set_postfix(_short(logs), refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix(_short(logs or {}), refresh=False)
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _short(logs: dict) -> dict[str, str]:
+    names = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+    return {short: f"{float(logs[k]):.4f}" for k, short in names.items() if k in logs}
+
+
+class ScalarLogger(keras.callbacks.Callback):
+    """Epoch scalars for TensorBoard (``train/`` and ``validation/`` runs, tags ``epoch_<metric>``).
+
+    Written with ``tf.summary.write`` and the scalar plugin's metadata, so it
+    needs TensorFlow only; viewing the logs needs the ``tensorboard`` package.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self._meta = summary_pb2.SummaryMetadata()
+        self._meta.plugin_data.plugin_name = "scalars"
+        self._writers = {run: tf.summary.create_file_writer(str(self.log_dir / run)) for run in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        for key, value in (logs or {}).items():
+            run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writers[run].as_default():
+                tf.summary.write(f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=self._meta)
+        lr = self.model.optimizer.learning_rate
+        with self._writers["train"].as_default():
+            tf.summary.write("epoch_learning_rate", tf.constant(float(lr)), step=epoch, metadata=self._meta)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
