@@ -1,0 +1,93 @@
+"""Adversarial attacks on Keras classifiers: FGSM, PGD and fooling images.
+
+Attacks are small objects: hyper-parameters in the constructor, model and
+data at call time, numpy in and out::
+
+    from robust.attacks import PGD
+    result = PGD(eps=0.1, steps=40)(model, x_test, y_test)
+
+Norm-bounded attacks are registered, built-ins and plugins alike, through
+the entry-point group ``robust.attacks``; an entry point names a subclass of
+:class:`Attack`. :func:`get_attack` builds one by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import inspect
+import warnings
+from typing import Any
+
+from robust.attacks.base import Attack, AttackResult
+from robust.attacks.fgsm import FGSM
+from robust.attacks.fooling import FoolingImages, FoolingResult
+from robust.attacks.norms import L2Norm, LinfNorm, Norm, get_norm
+from robust.attacks.pgd import PGD
+from robust.errors import RobustError, known_names
+
+ENTRY_POINT_GROUP = "robust.attacks"
+
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "FoolingImages", "FoolingResult", "Norm", "LinfNorm",
+           "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source"]
+
+
+def _source(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else "?"
+    return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
+
+
+@functools.cache
+def _entries() -> dict[str, tuple[type[Attack], str]]:
+    found: dict[str, tuple[type[Attack], str]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        source = _source(ep)
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the others
+            warnings.warn(f"attack plugin {ep.name!r} from {source} failed to import and is skipped: {exc}")
+            continue
+        if not (inspect.isclass(obj) and issubclass(obj, Attack)):
+            warnings.warn(f"attack plugin {ep.name!r} from {source} is skipped: the entry point must name a "
+                          f"subclass of robust.attacks.Attack; received {obj!r}.")
+            continue
+        found[ep.name] = (obj, source)
+    return found
+
+
+def attack_registry() -> dict[str, type[Attack]]:
+    """All registered attacks by name (``"fgsm"``, ``"pgd"``, and plugins)."""
+    return {name: cls for name, (cls, _) in _entries().items()}
+
+
+def attack_source(name: str) -> str:
+    """Where attack ``name`` was registered: ``"built-in"`` or the plugin's distribution."""
+    return _entries()[name][1]
+
+
+def get_attack(name: str, **params: Any) -> Attack:
+    """Build the registered attack ``name`` with ``params``.
+
+    Raises:
+        RobustError: unknown name (the known ones are listed) or a parameter the attack does not take.
+
+    Example:
+        >>> get_attack("pgd", eps=0.1, steps=20)
+        PGD(eps=0.1, norm='inf', steps=20, ...)
+    """
+    registry = attack_registry()
+    key = str(name).strip().lower()
+    if key not in registry:
+        raise RobustError(f"Unknown attack {name!r}. Known attacks: {known_names(registry)}. "
+                          "Run `robust attacks` to see their parameters.")
+    cls = registry[key]
+    accepted = cls.parameters()
+    unknown = set(params) - set(accepted)
+    if unknown:
+        raise RobustError(
+            f"Attack {key!r} has no parameter {known_names(unknown)}. Its parameters are: "
+            + ", ".join(f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}" for k, v in accepted.items())
+            + "."
+        )
+    return cls(**params)

@@ -1,0 +1,239 @@
+"""``robust attack``, ``robust fool`` and ``robust attacks``: run the attacks from the command line."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import click
+
+from robust.cli import main
+from robust.cli.common import FloatList, data_options, echo_err
+from robust.errors import RobustError
+
+
+def _load(model_ref: str, unsafe: bool):
+    from robust.artifacts import load_model
+
+    model, card = load_model(model_ref, unsafe=unsafe)
+    return model, card or {}
+
+
+def _default_out(model_ref: str, name: str) -> Path:
+    ref = Path(model_ref)
+    return (ref if ref.is_dir() else ref.parent) / name
+
+
+def _class_names(card: dict, dataset: str | None, num_classes: int | None = None) -> list[str] | None:
+    if card.get("class_names"):
+        return [str(c) for c in card["class_names"]]
+    if dataset:
+        from robust.data import DATASETS
+
+        if dataset in DATASETS:
+            return list(DATASETS[dataset].class_names)
+    return [str(i) for i in range(num_classes)] if num_classes else None
+
+
+def _parse_class(value: str, class_names: list[str] | None, option: str) -> int:
+    """A class index, or a class name of the model's dataset."""
+    text = str(value).strip()
+    if class_names and text in class_names and not text.isdigit():
+        return class_names.index(text)
+    try:
+        return int(text)
+    except ValueError:
+        known = f" Known class names: {', '.join(class_names)}." if class_names else ""
+        raise RobustError(f"{option} expects a class index (0, 1, ...) or a class name; received {value!r}.{known}")
+
+
+def _versions() -> dict:
+    import importlib.metadata
+
+    import keras
+
+    from robust import __version__
+
+    backend = keras.backend.backend()
+    try:
+        backend_version = importlib.metadata.version(backend)
+    except importlib.metadata.PackageNotFoundError:
+        backend_version = None
+    return {"robust": __version__, "keras": keras.__version__, "backend": backend, backend: backend_version}
+
+
+@main.command("attack")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--attack", "attack_name", default="pgd", show_default=True, metavar="NAME",
+              help="A registered attack: fgsm, pgd, or a plugin (see `robust attacks`).")
+@click.option("--eps", type=FloatList(), default="0.05,0.1,0.3", show_default=True,
+              help="Comma-separated radii of the norm ball, in the units of the value range.")
+@click.option("--norm", default="inf", show_default=True, metavar="inf|2", help="Threat model: L-inf or L2.")
+@click.option("--steps", type=int, default=None, help="PGD: gradient steps  [default: 40]")
+@click.option("--step-size", type=float, default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
+@click.option("--restarts", type=int, default=None, help="PGD: random restarts; the worst case is kept  [default: 1]")
+@click.option("--random-start/--no-random-start", default=None, help="PGD: start at a random point of the ball.")
+@click.option("--loss", default=None, metavar="ce|margin", help="Loss to ascend: cross-entropy or margin (C&W).")
+@click.option("--targeted", is_flag=True, help="Attack towards --target instead of away from the label.")
+@click.option("--target", default=None, metavar="C", help="Target class (index or name); implies --targeted.")
+@data_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per batch.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="JSON results  [default: attack-NAME-NORM.json beside MODEL]")
+@click.option("--save-examples", is_flag=True,
+              help="Also write a PNG per eps of clean / perturbation / adversarial examples.")
+@click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts, random_start, loss, targeted,
+                   target, dataset, data_path, limit, seed, batch_size, out, save_examples, unsafe,
+                   no_progress) -> None:
+    """Attack MODEL on the test split of its data and print accuracy under attack per eps.
+
+    MODEL is a folder written by `robust train` (which remembers its data) or
+    a .keras file (then --dataset is required). Without --limit the whole
+    test split is attacked.
+
+    Example: robust attack runs/lenet5 --attack pgd --eps 0.1,0.3 --steps 40
+    """
+    from robust.attacks import get_attack
+    from robust.data import load_dataset
+    from robust.evaluation import evaluate_attack, examples_png, format_table
+    from robust.models import check_model_input
+
+    # Everything the user typed is checked before the model and data load.
+    params = {k: v for k, v in dict(norm=norm, steps=steps, step_size=step_size, restarts=restarts,
+                                    random_start=random_start, loss=loss).items() if v is not None}
+    if target is not None:
+        targeted = True
+    if targeted:
+        params["targeted"] = True
+    if not eps:
+        raise RobustError("--eps needs at least one number, such as --eps 0.05,0.1,0.3.")
+    for e in eps:
+        get_attack(attack_name, eps=e, seed=seed, **params)
+    if targeted and target is None:
+        raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
+
+    model, card = _load(model_ref, unsafe)
+    dataset = dataset or card.get("dataset")
+    if dataset is None:
+        raise RobustError(f"{model_ref} is a bare .keras file, which does not say what data it was trained on. "
+                          "Pass --dataset mnist, fashion_mnist or cifar10 (and --data PATH for your own files).")
+    data_path = data_path or (card.get("data_path") if dataset == card.get("dataset") else None)
+    data = load_dataset(dataset, data_path, limit=limit, seed=seed)
+    check_model_input(model, data.input_shape, data_name=f"the {dataset} data")
+    value_range = tuple(card.get("value_range") or data.value_range)
+    class_names = _class_names(card, dataset) or list(data.class_names)
+    target_index = _parse_class(target, class_names, "--target") if target is not None else None
+
+    examples: list[Path] = []
+    from robust.attacks import get_norm
+
+    norm_tag = "linf" if get_norm(norm).name == "inf" else "l2"
+    out_path = Path(out) if out else _default_out(model_ref, f"attack-{attack_name}-{norm_tag}.json")
+
+    def save(result):
+        from robust.artifacts import write_bytes
+
+        path = out_path.with_name(f"{out_path.stem}-eps{result.eps:g}.png")
+        write_bytes(path, examples_png(data.x_test, result, class_names=class_names, value_range=value_range))
+        examples.append(path)
+
+    model_name = card.get("model", model.name)
+    echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
+    rows = evaluate_attack(model, attack_name, data.x_test, data.y_test, eps, value_range=value_range,
+                           batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
+                           on_result=save if save_examples else None, **params)
+    click.echo(format_table(rows))
+    from robust.artifacts import write_json
+
+    write_json(out_path, {
+        "command": "attack", "model": str(model_ref), "model_name": model_name, "dataset": dataset,
+        "data_source": data.source, "value_range": list(value_range), "n": len(data.x_test),
+        "attack": attack_name, "norm": norm, "params": rows[0]["params"], "target": target_index,
+        "labels_from": rows[0]["labels_from"], "rows": rows, "versions": _versions(),
+    })
+    click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in examples))
+
+
+@main.command("attacks")
+def attacks_command() -> None:
+    """List the available attacks and their parameters (built-ins and plugins)."""
+    from robust.attacks import FoolingImages, attack_registry, attack_source
+
+    def show(name, cls, source, usage):
+        click.echo(f"{name:<8} {cls.__name__}: {(inspect.getdoc(cls) or '').splitlines()[0]}")
+        params = [(p.name, p.default) for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        click.echo(f"{'':<8} parameters: " + ", ".join(
+            f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}" for k, v in params))
+        click.echo(f"{'':<8} from: {source}; {usage}")
+
+    for name, cls in sorted(attack_registry().items()):
+        show(name, cls, attack_source(name), f"robust attack MODEL --attack {name}")
+    show("fool", FoolingImages, "built-in", "robust fool MODEL")
+
+
+@main.command("fool")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--classes", default="all", show_default=True, metavar="all|C,C",
+              help="Classes to grow fooling images for (indices or names).")
+@click.option("--seeds", type=int, default=4, show_default=True, help="Images per class, each from its own noise.")
+@click.option("--threshold", type=float, default=0.99, show_default=True, help="Confidence to reach.")
+@click.option("--max-steps", type=int, default=1000, show_default=True, help="Most gradient steps per image.")
+@click.option("--step-size", type=float, default=None, help="Pixel change per step  [default: 1% of the value range]")
+@click.option("--l2-decay", type=float, default=0.0, show_default=True,
+              help="Shrink towards the range's low end per step (Yosinski et al. 2015).")
+@click.option("--blur-every", type=int, default=0, show_default=True, help="Gaussian blur every N steps (0: off).")
+@click.option("--jitter", type=int, default=0, show_default=True, help="Random shift of up to N pixels per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a bare .keras file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder for the PNG gallery and fooling.json  [default: fooling/ beside MODEL]")
+@click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
+def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_decay, blur_every, jitter, seed,
+                 dataset, out_dir, unsafe) -> None:
+    """Grow images MODEL classifies with high confidence from noise (Nguyen et al. 2015).
+
+    Writes one PNG per class (the images titled with the model's confidence)
+    and fooling.json.
+
+    Example: robust fool runs/lenet5 --classes 3,7 --seeds 4
+    """
+    from robust.artifacts import write_bytes, write_json
+    from robust.attacks import FoolingImages
+    from robust.evaluation import fooling_png
+
+    attack = FoolingImages(threshold=threshold, max_steps=max_steps, step_size=step_size, l2_decay=l2_decay,
+                           blur_every=blur_every, jitter=jitter, seed=seed)
+    model, card = _load(model_ref, unsafe)
+    value_range = tuple(card.get("value_range") or (0.0, 1.0))
+    num_classes = int(model.output_shape[-1]) if getattr(model, "output_shape", None) else None
+    class_names = _class_names(card, dataset or card.get("dataset"), num_classes)
+    chosen = None if classes.strip().lower() == "all" else [
+        _parse_class(c, class_names, "--classes") for c in classes.split(",") if c.strip()]
+    if chosen is not None and not chosen:
+        raise RobustError(f"--classes expects 'all' or class indices such as 3,7; received {classes!r}.")
+    result = attack(model, chosen, seeds, value_range=value_range)
+
+    out = Path(out_dir) if out_dir else _default_out(model_ref, "fooling")
+    click.echo(f"{'class':<14} {'reached':>8} {'min conf':>9} {'mean steps':>11}")
+    written = []
+    for c in dict.fromkeys(result.target.tolist()):
+        pick = result.target == c
+        name = class_names[c] if class_names and c < len(class_names) else str(c)
+        click.echo(f"{name:<14} {int(result.reached[pick].sum()):>4}/{int(pick.sum()):<3} "
+                   f"{100 * result.confidence[pick].min():>8.2f}% {result.steps[pick].mean():>11.1f}")
+        path = out / f"fool-{c}.png"
+        write_bytes(path, fooling_png(result, c, class_names=class_names, value_range=value_range))
+        written.append(path)
+    write_json(out / "fooling.json", {
+        "command": "fool", "model": str(model_ref), "params": attack.params, "value_range": list(value_range),
+        "seconds": result.seconds,
+        "images": [{"target": int(t), "class_name": class_names[t] if class_names else str(t), "confidence": float(p),
+                    "predicted": int(q), "steps": int(s), "reached": bool(r), "png": f"fool-{t}.png"}
+                   for t, p, q, s, r in zip(result.target, result.confidence, result.predicted, result.steps,
+                                            result.reached)],
+        "versions": _versions(),
+    })
+    click.echo(f"reached {threshold:.0%} confidence for {int(result.reached.sum())}/{len(result.target)} images "
+               f"in {result.seconds:.1f} s; wrote {out}/ (fooling.json and {len(written)} PNG files)")

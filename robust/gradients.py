@@ -1,0 +1,411 @@
+"""Input gradients of any Keras classifier: the code every attack runs on.
+
+* :func:`model_logits` turns a model into a function returning logits,
+  removing a final softmax (a saturated softmax has a zero gradient, so an
+  attack through it would report false robustness);
+* :func:`objective` is the per-example number attacks ascend: the
+  cross-entropy or the margin (Carlini & Wagner 2017) loss, negated for
+  targeted attacks;
+* :func:`input_gradient` and :func:`saliency_map` (Simonyan et al. 2014,
+  "Deep inside convolutional networks") expose the same gradient to users;
+* :func:`check_gradients` refuses models whose input gradient is missing or
+  zero (argmax or rounding layers): any robustness number measured on them
+  would be meaningless (gradient masking, Athalye et al. 2018).
+* ``check_*`` validate images, labels and value ranges with readable errors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from robust import backend
+from robust.errors import RobustError, known_names
+
+LOSSES = ("ce", "margin")
+
+
+# ---------------------------------------------------------------- input checks
+
+def check_value_range(value_range: Sequence[float]) -> tuple[float, float]:
+    """``(low, high)`` as floats, or a RobustError."""
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise RobustError(f"value_range must be two numbers (low, high) such as (0.0, 1.0); "
+                          f"received {value_range!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise RobustError(f"value_range must be finite with low < high, such as (0.0, 1.0); "
+                          f"received ({low}, {high}).")
+    return low, high
+
+
+def check_images(model, x, value_range: tuple[float, float], *, name: str = "x") -> np.ndarray:
+    """``x`` as a float32 array of images the model accepts, inside ``value_range``, without NaN or inf.
+
+    No full-size temporary is made: min and max propagate NaN and inf.
+    """
+    from robust.models import check_model_input
+
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception:
+            raise RobustError(f"{name} must be an array of images; received {type(x).__name__}.") from None
+    if x.dtype.kind not in "fiu" or x.ndim < 2:
+        raise RobustError(f"{name} must be a numeric array of images with a batch axis first, such as "
+                          f"(n, 28, 28, 1); received an array of dtype {x.dtype} and shape {x.shape}.")
+    if len(x) == 0:
+        raise RobustError(f"{name} holds no images (shape {x.shape}); pass at least one image.")
+    check_model_input(model, x.shape[1:], data_name=name)
+    low, high = value_range
+    lo_seen, hi_seen = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo_seen) and np.isfinite(hi_seen)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise RobustError(f"{name} contains {bad} NaN or infinite value(s). Attacks need finite images in "
+                          f"[{low:g}, {high:g}]; remove or repair those images first.")
+    tol = 1e-6 * (high - low)
+    if lo_seen < low - tol or hi_seen > high + tol:
+        raise RobustError(
+            f"{name} has values in [{lo_seen:g}, {hi_seen:g}] but the model's value range is "
+            f"[{low:g}, {high:g}]. Scale the images to the range the model was trained on (e.g. divide "
+            f"0-255 pixels by 255), or pass the right value_range (--value-range is taken from the model card)."
+        )
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return x
+
+
+def check_labels(labels, n: int, num_classes: int, *, name: str = "y") -> np.ndarray | None:
+    """Integer class labels of shape (n,) (one-hot (n, classes) is accepted), or ``None`` when not given."""
+    if labels is None:
+        return None
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape == (n, num_classes) and y.dtype.kind in "fiub":
+        y = np.argmax(y, axis=1)
+    if y.ndim != 1 or len(y) != n:
+        raise RobustError(
+            f"{name} must hold one integer class label per image: shape ({n},) (or one-hot ({n}, "
+            f"{num_classes})); received shape {y.shape}."
+        )
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise RobustError(f"{name} must hold integer class labels; received non-integer values such as "
+                              f"{y[(~np.isfinite(y)) | (y != np.round(y))][:3].tolist()}.")
+    elif y.dtype.kind not in "iub":
+        raise RobustError(f"{name} must hold integer class labels; received dtype {y.dtype}.")
+    y = y.astype(np.int64)
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise RobustError(
+            f"{name} has labels outside 0..{num_classes - 1} (the model has {num_classes} outputs), "
+            f"e.g. {sorted(set(y[bad].tolist()))[:5]}. Pass labels of this model's classes."
+        )
+    return y
+
+
+def batches(n: int, batch_size: int):
+    """``(start, stop)`` pairs covering ``range(n)``."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise RobustError(f"batch_size must be a positive integer; received {batch_size!r}.")
+    return [(s, min(s + int(batch_size), n)) for s in range(0, n, int(batch_size))]
+
+
+# ------------------------------------------------------------- logits and loss
+
+class Logits:
+    """A model seen as a function to logits, and how they were obtained.
+
+    Attributes:
+        fn: ``fn(x) -> logits`` written with ``keras.ops`` (safe inside compiled code).
+        kind: ``"logits"``, ``"logits (the final softmax removed)"`` or
+            ``"log-probabilities (the model outputs probabilities)"``.
+        num_classes: number of outputs.
+    """
+
+    def __init__(self, fn: Callable, kind: str, num_classes: int):
+        self.fn, self.kind, self.num_classes = fn, kind, num_classes
+
+    def __call__(self, x):
+        return self.fn(x)
+
+
+def _is_softmax(activation) -> bool:
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def _softmax_head(model):
+    """The layer producing the model's output when it ends in a softmax, else ``None``."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None
+    try:
+        head = outputs[0]._keras_history.operation
+    except AttributeError:
+        return None
+    if isinstance(head, keras.layers.Softmax) or _is_softmax(getattr(head, "activation", None)):
+        return head
+    return None
+
+
+def _logits_without_softmax(model, head) -> Callable:
+    features = keras.Model(model.inputs, head.input)
+    if isinstance(head, (keras.layers.Softmax, keras.layers.Activation)):
+        return lambda x: features(x, training=False)
+    if isinstance(head, keras.layers.Dense):
+        # Reuse the model's own weights, so later weight updates are seen.
+        def dense_logits(x):
+            z = ops.matmul(features(x, training=False), head.kernel)
+            return z + head.bias if head.bias is not None else z
+        return dense_logits
+    # Any other layer with a softmax activation: a linear twin holding a copy of its weights.
+    config = dict(head.get_config(), activation="linear", name=f"{head.name}_logits")
+    twin = type(head).from_config(config)
+    twin.build(head.input.shape)
+    twin.set_weights(head.get_weights())
+    return lambda x: twin(features(x, training=False))
+
+
+def model_logits(model, sample: np.ndarray) -> Logits:
+    """How to get logits from ``model``, detected once per model and cached.
+
+    A final softmax layer (or softmax activation) is removed; a model that
+    cannot be looked into but outputs probabilities on ``sample`` is used
+    through its log-probabilities. Both cases warn: attacks must never
+    differentiate a saturated softmax.
+    """
+
+    def build(proxy):
+        head = _softmax_head(model)
+        if head is not None:
+            fn = _logits_without_softmax(model, head)
+            kind = "logits (the final softmax removed)"
+            warnings.warn(
+                f"Model {model.name!r} ends with a softmax ({head.name!r}); attacks use the logits before it, "
+                "because the gradient of a saturated softmax is zero and would make the model look robust.",
+                stacklevel=4,
+            )
+        else:
+            fn, kind = (lambda x: proxy(x, training=False)), "logits"
+        out = backend.to_numpy(fn(backend.tensor(sample[:8])))
+        if out.ndim != 2 or out.shape[1] < 2:
+            raise RobustError(
+                f"Model {model.name!r} must output one score per class, shape (batch, classes) with at least "
+                f"2 classes; received output shape {out.shape}."
+            )
+        if head is None and np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+            fn = _log_probabilities(fn)
+            kind = "log-probabilities (the model outputs probabilities)"
+            warnings.warn(
+                f"Model {model.name!r} appears to output probabilities (non-negative, summing to 1); attacks "
+                "use their logarithm. Prefer a model that outputs logits: a saturated softmax has no gradient.",
+                stacklevel=4,
+            )
+        return Logits(fn, kind, int(out.shape[1]))
+
+    return backend.cached(model, ("logits",), build)
+
+
+def _log_probabilities(fn):
+    return lambda x: ops.log(ops.maximum(fn(x), 1e-30))
+
+
+def cross_entropy(logits, labels):
+    """Per-example cross-entropy of ``labels`` under softmax(``logits``)."""
+    return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def margin(logits, labels):
+    """Per-example margin loss: best other logit minus the label's logit (Carlini & Wagner 2017).
+
+    Positive exactly when the example is misclassified; it does not saturate
+    when the softmax does.
+    """
+    onehot = ops.one_hot(labels, ops.shape(logits)[-1], dtype=logits.dtype)
+    own = ops.sum(logits * onehot, axis=-1)
+    other = ops.max(ops.where(onehot > 0, ops.full_like(logits, -np.inf), logits), axis=-1)
+    return other - own
+
+
+_LOSS_FNS = {"ce": cross_entropy, "margin": margin}
+
+
+def check_loss(loss: str) -> str:
+    if loss not in _LOSS_FNS:
+        raise RobustError(f"Unknown loss {loss!r}. Known losses: {known_names(_LOSS_FNS)} "
+                          "(cross-entropy, and the margin / C&W loss that resists a saturated softmax).")
+    return loss
+
+
+def objective(logits, labels, *, loss: str = "ce", targeted: bool = False):
+    """The per-example number an attack ascends.
+
+    Untargeted: the loss of the true label (move away from it). Targeted:
+    minus the loss of the target (move towards it).
+    """
+    value = _LOSS_FNS[loss](logits, labels)
+    return -value if targeted else value
+
+
+def success(logits, labels, *, targeted: bool = False):
+    """Per-example success: misclassified (untargeted) or classified as the target (targeted)."""
+    pred = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+    return ops.equal(pred, labels) if targeted else ops.not_equal(pred, labels)
+
+
+# ------------------------------------------------------------------- gradients
+
+def _margin_gradient_fn(model, logits: Logits, image_shape):
+    """Compiled ``(x, labels) -> (gradient of the margin loss, whether a gradient exists)``."""
+
+    def build(proxy):
+        def value(xt, yt):
+            z = logits(xt)
+            return margin(z, yt), z
+
+        def fn(x, labels):
+            _, grad, _ = backend.value_and_grad(value)(x, labels)
+            if grad is None:  # known while tracing: no differentiable path from the input
+                return ops.zeros_like(x), False
+            return grad, True
+
+        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
+
+    return backend.cached(model, ("margin_gradient", tuple(image_shape)), build)
+
+
+def check_gradients(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.0), limit: int = 64) -> None:
+    """Refuse a model whose input gradient is missing or zero everywhere on ``x`` (its first ``limit`` images).
+
+    The margin loss is used because it does not saturate, so a confident
+    but honest model still has a non-zero gradient. Attacks call this once
+    per call, on their first batch; it runs compiled and costs about one
+    gradient pass over ``limit`` images.
+
+    Raises:
+        RobustError: the gradient is ``None`` (an argmax, rounding or other
+            non-differentiable layer), not finite, or zero for every image.
+    """
+    low, high = check_value_range(value_range)
+    x = check_images(model, x, (low, high))
+    logits = model_logits(model, x)
+    y = check_labels(y, len(x), logits.num_classes)
+    x, y = x[:limit], (None if y is None else y[:limit])
+    if y is None:
+        y = np.argmax(backend.to_numpy(logits(backend.tensor(x))), axis=1)
+    refuse = ("Any robustness number measured this way would be meaningless: the attack would fail "
+              "because it is blind, not because the model is robust (gradient masking, Athalye et al. 2018). "
+              "Remove the non-differentiable layer (argmax, rounding, quantisation) for the attack, or "
+              "evaluate with a gradient-free or BPDA attack.")
+    try:
+        grad, exists = _margin_gradient_fn(model, logits, x.shape[1:])(backend.tensor(x),
+                                                                         backend.tensor(y, "int32"))
+    except LookupError as exc:  # an operation without a registered gradient
+        raise RobustError(f"Model {model.name!r} contains an operation without a gradient "
+                          f"({str(exc).splitlines()[0]}). {refuse}") from None
+    if not bool(backend.to_numpy(exists)):
+        raise RobustError(f"Model {model.name!r} has no gradient with respect to its input: the output does "
+                          f"not depend differentiably on the image (e.g. an argmax or rounding layer). {refuse}")
+    grad = backend.to_numpy(grad)
+    if not np.all(np.isfinite(grad)):
+        raise RobustError(f"Model {model.name!r} has a NaN or infinite input gradient on these images. {refuse}")
+    if not np.any(grad):
+        raise RobustError(f"Model {model.name!r} has an input gradient of exactly zero on all {len(x)} images "
+                          f"checked (e.g. a rounding or step layer). {refuse}")
+
+
+def _gradient_fn(model, logits: Logits, loss: str, targeted: bool, image_shape):
+    def build(proxy):
+        def value(xt, yt):
+            z = logits(xt)
+            return objective(z, yt, loss=loss, targeted=targeted), z
+
+        def fn(x, labels):
+            _, grad, z = backend.value_and_grad(value)(x, labels)
+            return grad, z
+        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
+
+    return backend.cached(model, ("input_gradient", loss, targeted, tuple(image_shape)), build)
+
+
+def input_gradient(model, x, y=None, *, loss: str = "ce", targeted: bool = False,
+                   value_range: Sequence[float] = (0.0, 1.0), batch_size: int = 256) -> np.ndarray:
+    """The gradient of the attack objective with respect to each input image.
+
+    The same compiled code the attacks step along: for ``loss="ce"`` and
+    ``targeted=False`` it is the gradient of each example's cross-entropy.
+
+    Args:
+        model: a Keras classifier (logits; a final softmax is removed).
+        x: images, shape (n, *model input), inside ``value_range``.
+        y: labels (n,); the model's predictions when ``None``.
+        loss: ``"ce"`` or ``"margin"``.
+        targeted: gradient of minus the loss of ``y`` as targets.
+        value_range: the images' (low, high).
+        batch_size: images per compiled call.
+
+    Returns:
+        float32 array shaped like ``x``.
+
+    Example:
+        >>> g = input_gradient(model, x_test[:10], y_test[:10])
+    """
+    check_loss(loss)
+    x = check_images(model, x, check_value_range(value_range))
+    logits = model_logits(model, x)
+    y = check_labels(y, len(x), logits.num_classes)
+    fn = _gradient_fn(model, logits, loss, targeted, x.shape[1:])
+    out = np.empty_like(x)
+    for s, e in batches(len(x), batch_size):
+        xb = backend.tensor(x[s:e])
+        yb = y[s:e] if y is not None else np.argmax(backend.to_numpy(logits(xb)), axis=1)
+        grad, _ = fn(xb, backend.tensor(yb, "int32"))
+        out[s:e] = backend.to_numpy(grad)
+    return out
+
+
+def _score_gradient_fn(model, logits: Logits, image_shape):
+    def build(proxy):
+        def fn(x, labels):
+            def score(xt, yt):
+                z = logits(xt)
+                return ops.sum(z * ops.one_hot(yt, logits.num_classes, dtype=z.dtype), axis=-1), z
+            _, grad, _ = backend.value_and_grad(score)(x, labels)
+            return grad
+        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
+
+    return backend.cached(model, ("saliency", tuple(image_shape)), build)
+
+
+def saliency_map(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.0),
+                 batch_size: int = 256) -> np.ndarray:
+    """Image-specific class saliency (Simonyan, Vedaldi, Zisserman 2014).
+
+    The gradient of the class logit (``y``, or the predicted class) with
+    respect to the image, its absolute value maximised over channels and
+    scaled to [0, 1] per image.
+
+    Returns:
+        float32 array (n, H, W).
+
+    Example:
+        >>> s = saliency_map(model, x_test[:16])   # s[i].max() == 1 unless the gradient is 0
+    """
+    x = check_images(model, x, check_value_range(value_range))
+    logits = model_logits(model, x)
+    y = check_labels(y, len(x), logits.num_classes)
+    fn = _score_gradient_fn(model, logits, x.shape[1:])
+    out = np.empty(x.shape[:3] if x.ndim == 4 else x.shape, dtype=np.float32)
+    for s, e in batches(len(x), batch_size):
+        xb = backend.tensor(x[s:e])
+        yb = y[s:e] if y is not None else np.argmax(backend.to_numpy(logits(xb)), axis=1)
+        g = np.abs(backend.to_numpy(fn(xb, backend.tensor(yb, "int32"))))
+        if g.ndim == 4:
+            g = g.max(axis=-1)
+        top = g.reshape(len(g), -1).max(axis=1).reshape((-1,) + (1,) * (g.ndim - 1))
+        out[s:e] = np.where(top > 0, g / np.where(top > 0, top, 1), 0)
+    return out

@@ -1,0 +1,125 @@
+"""`robust attack`, `robust attacks` and `robust fool` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from robust.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def lenet_file(trained_lenet, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "lenet.keras"
+    trained_lenet.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lenet_dir(trained_lenet, tmp_path_factory):
+    """A folder as `robust train` writes it: model.keras and a card naming the dataset."""
+    from robust.artifacts import save_trained
+
+    folder = tmp_path_factory.mktemp("runs") / "lenet5"
+    save_trained(folder, trained_lenet, {
+        "model": "lenet5", "dataset": "mnist", "data_path": None, "input_shape": [28, 28, 1],
+        "value_range": [0.0, 1.0], "class_names": [f"digit{i}" for i in range(10)], "num_classes": 10,
+    })
+    return folder
+
+
+def test_attack_a_keras_file(lenet_file, tmp_path):
+    out = tmp_path / "pgd.json"
+    res = invoke("attack", lenet_file, "--dataset", "mnist", "--limit", 200, "--attack", "pgd",
+                 "--eps", "0,0.1", "--steps", 5, "--out", out, "--save-examples")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["eps", "clean", "acc", "adv", "acc", "success", "mean", "Linf", "max", "Linf",
+                                "seconds"]
+    report = json.loads(out.read_text())
+    assert report["n"] == 200 and report["dataset"] == "mnist" and report["attack"] == "pgd"
+    assert report["params"]["steps"] == 5 and report["labels_from"] == "given"
+    zero, point_one = report["rows"]
+    assert zero["eps"] == 0 and zero["adversarial_accuracy"] == zero["clean_accuracy"] > 0.9
+    assert point_one["adversarial_accuracy"] < zero["clean_accuracy"] - 0.2
+    assert 0.099 < point_one["max_perturbation"] <= 0.1 + 1e-6
+    for eps in ("0", "0.1"):
+        png = tmp_path / f"pgd-eps{eps}.png"
+        assert png.read_bytes().startswith(PNG), png
+    assert f"wrote {out}" in res.stdout
+
+
+def test_attack_a_train_folder_uses_its_card(lenet_dir):
+    res = invoke("attack", lenet_dir, "--attack", "fgsm", "--eps", "0.1", "--limit", 100, "--targeted",
+                 "--target", "digit3")
+    assert res.exit_code == 0, res.output
+    report = json.loads((lenet_dir / "attack-fgsm-linf.json").read_text())
+    assert report["dataset"] == "mnist" and report["target"] == 3 and report["params"]["targeted"] is True
+    assert report["rows"][0]["success_rate"] > 0.05
+
+
+def test_attacks_lists_attacks_and_parameters():
+    res = invoke("attacks")
+    assert res.exit_code == 0, res.output
+    assert "fgsm" in res.stdout and "pgd" in res.stdout and "fool" in res.stdout
+    assert "steps=40" in res.stdout and "restarts=1" in res.stdout and "threshold=0.99" in res.stdout
+    assert "from: built-in" in res.stdout
+
+
+def test_fool_two_classes(lenet_file, tmp_path):
+    out = tmp_path / "fool"
+    res = invoke("fool", lenet_file, "--classes", "3,7", "--seeds", 2, "--out", out, "--dataset", "mnist")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "fooling.json").read_text())
+    assert [i["target"] for i in report["images"]] == [3, 3, 7, 7]
+    assert all(i["reached"] and i["confidence"] >= 0.99 and i["predicted"] == i["target"] for i in report["images"])
+    assert (out / "fool-3.png").read_bytes().startswith(PNG) and (out / "fool-7.png").is_file()
+    assert "reached 99% confidence for 4/4 images" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "-0.1"], "eps must be at least 0"),
+    (["--eps", "0.1", "--steps", "0"], "steps must be at least 1"),
+    (["--norm", "3"], "Unknown norm '3'"),
+    (["--attack", "deepfool"], "Unknown attack 'deepfool'. Known attacks: 'fgsm', 'pgd'"),
+    (["--attack", "fgsm", "--steps", "5"], "Attack 'fgsm' has no parameter 'steps'"),
+    (["--loss", "hinge"], "Unknown loss 'hinge'"),
+    (["--targeted"], "--targeted needs --target"),
+    (["--eps", "abc"], "expected comma-separated numbers"),
+])
+def test_bad_options_exit_2_before_loading(lenet_file, args, message):
+    res = invoke("attack", lenet_file, "--dataset", "mnist", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "1.5", "--limit", "20"], "eps=1.5 is larger than any L-inf distance"),
+    (["--limit", "20"], "bare .keras file"),
+    (["--dataset", "cifar10", "--limit", "20"], "expects images of shape 28x28x1"),
+    (["--dataset", "mnist", "--limit", "20", "--target", "12"], "target has labels outside 0..9"),
+    (["--dataset", "mnist", "--limit", "20", "--target", "seven"], "class index"),
+])
+def test_bad_input_exits_2(lenet_file, data_dir, args, message):
+    extra = [] if "--dataset" in args or "bare" in message else ["--dataset", "mnist"]
+    res = invoke("attack", lenet_file, *extra, *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+
+
+def test_missing_model_and_bad_fool_options(tmp_path, lenet_file):
+    res = invoke("attack", tmp_path / "nope.keras", "--dataset", "mnist")
+    assert res.exit_code == 2 and "No model at" in res.output
+    res = invoke("fool", lenet_file, "--threshold", "1.2")
+    assert res.exit_code == 2 and "threshold must be a confidence below 1" in res.output
+    res = invoke("fool", lenet_file, "--classes", "3,11")
+    assert res.exit_code == 2 and "classes has labels outside 0..9" in res.output
