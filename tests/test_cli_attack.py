@@ -123,3 +123,30 @@ def test_missing_model_and_bad_fool_options(tmp_path, lenet_file):
     assert res.exit_code == 2 and "threshold must be a confidence below 1" in res.output
     res = invoke("fool", lenet_file, "--classes", "3,11")
     assert res.exit_code == 2 and "classes has labels outside 0..9" in res.output
+
+
+def test_attack_a_0_255_model_scales_data_and_eps(trained_lenet, tmp_path):
+    """A model taking raw pixels through a Rescaling layer: eps 25.5 of 255 is eps 0.1 of the inner model."""
+    import keras
+    import numpy as np
+
+    from robust.data import load_dataset
+    from robust.evaluation import evaluate_attack
+
+    inputs = keras.Input((28, 28, 1))
+    raw = keras.Model(inputs, trained_lenet(keras.layers.Rescaling(1 / 255.0)(inputs)), name="raw_pixels")
+    path = tmp_path / "raw.keras"
+    raw.save(path)
+    out = tmp_path / "a.json"
+    res = invoke("attack", path, "--dataset", "mnist", "--attack", "fgsm", "--eps", "0,25.5", "--limit", 100,
+                 "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "Rescaling" in res.output  # the range was inferred, and the tool says how
+    rows = json.loads(out.read_text())
+    assert rows["value_range"] == [0.0, 255.0]
+    data = load_dataset("mnist", limit=100, seed=0)
+    ref = evaluate_attack(trained_lenet, "fgsm", data.x_test, data.y_test, [0.0, 0.1], seed=0)
+    for got, want in zip(rows["rows"], ref):
+        assert got["clean_accuracy"] == want["clean_accuracy"]
+        assert abs(got["adversarial_accuracy"] - want["adversarial_accuracy"]) <= 0.02
+        assert np.isclose(got["max_perturbation"], 255 * want["max_perturbation"], atol=1e-2)

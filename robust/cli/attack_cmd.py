@@ -8,15 +8,24 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import FloatList, data_options, echo_err
+from robust.cli.common import FloatList, ValueRange, data_options, echo_err
 from robust.errors import RobustError
 
 
-def _load(model_ref: str, unsafe: bool):
-    from robust.artifacts import load_model
+def _load(model_ref: str, unsafe: bool, value_range=None):
+    """Any model reference `robust eval` takes, with its card (if a train folder) and settled value range."""
+    from robust.artifacts import read_card
+    from robust.plugins import load_model_ref
 
-    model, card = load_model(model_ref, unsafe=unsafe)
-    return model, card or {}
+    loaded = load_model_ref(model_ref, value_range=value_range, unsafe=unsafe)
+    card = dict((read_card(model_ref) if Path(model_ref).is_dir() else None) or {})
+    card["value_range"] = list(loaded.value_range)
+    if loaded.class_names and not card.get("class_names"):
+        card["class_names"] = list(loaded.class_names)
+    if loaded.dataset and not card.get("dataset"):
+        card["dataset"] = loaded.dataset
+    echo_err(loaded.describe())
+    return loaded.model, card
 
 
 def _default_out(model_ref: str, name: str) -> Path:
@@ -82,11 +91,13 @@ def _versions() -> dict:
               help="JSON results  [default: attack-NAME-NORM.json beside MODEL]")
 @click.option("--save-examples", is_flag=True,
               help="Also write a PNG per eps of clean / perturbation / adversarial examples.")
+@click.option("--value-range", "value_range_opt", type=ValueRange(), default=None,
+              help="Pixel range LO,HI the model expects, when neither its card nor a leading Rescaling layer says.")
 @click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts, random_start, loss, targeted,
-                   target, dataset, data_path, limit, seed, batch_size, out, save_examples, unsafe,
-                   no_progress) -> None:
+                   target, dataset, data_path, limit, seed, batch_size, out, save_examples, value_range_opt,
+                   unsafe, no_progress) -> None:
     """Attack MODEL on the test split of its data and print accuracy under attack per eps.
 
     MODEL is a folder written by `robust train` (which remembers its data) or
@@ -98,6 +109,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     from robust.attacks import get_attack
     from robust.data import load_dataset
     from robust.evaluation import evaluate_attack, examples_png, format_table
+    from robust.study import scale_to
     from robust.models import check_model_input
 
     # Everything the user typed is checked before the model and data load.
@@ -114,7 +126,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     if targeted and target is None:
         raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
 
-    model, card = _load(model_ref, unsafe)
+    model, card = _load(model_ref, unsafe, value_range_opt)
     dataset = dataset or card.get("dataset")
     if dataset is None:
         raise RobustError(f"{model_ref} is a bare .keras file, which does not say what data it was trained on. "
@@ -136,12 +148,13 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
         from robust.artifacts import write_bytes
 
         path = out_path.with_name(f"{out_path.stem}-eps{result.eps:g}.png")
-        write_bytes(path, examples_png(data.x_test, result, class_names=class_names, value_range=value_range))
+        write_bytes(path, examples_png(x_model, result, class_names=class_names, value_range=value_range))
         examples.append(path)
 
     model_name = card.get("model", model.name)
     echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
-    rows = evaluate_attack(model, attack_name, data.x_test, data.y_test, eps, value_range=value_range,
+    x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
+    rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
                            batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
                            on_result=save if save_examples else None, **params)
     click.echo(format_table(rows))
@@ -189,9 +202,11 @@ def attacks_command() -> None:
 @click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a bare .keras file.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Folder for the PNG gallery and fooling.json  [default: fooling/ beside MODEL]")
+@click.option("--value-range", "value_range_opt", type=ValueRange(), default=None,
+              help="Pixel range LO,HI the model expects, when neither its card nor a leading Rescaling layer says.")
 @click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
 def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_decay, blur_every, jitter, seed,
-                 dataset, out_dir, unsafe) -> None:
+                 dataset, out_dir, value_range_opt, unsafe) -> None:
     """Grow images MODEL classifies with high confidence from noise (Nguyen et al. 2015).
 
     Writes one PNG per class (the images titled with the model's confidence)
@@ -205,7 +220,7 @@ def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_
 
     attack = FoolingImages(threshold=threshold, max_steps=max_steps, step_size=step_size, l2_decay=l2_decay,
                            blur_every=blur_every, jitter=jitter, seed=seed)
-    model, card = _load(model_ref, unsafe)
+    model, card = _load(model_ref, unsafe, value_range_opt)
     value_range = tuple(card.get("value_range") or (0.0, 1.0))
     num_classes = int(model.output_shape[-1]) if getattr(model, "output_shape", None) else None
     class_names = _class_names(card, dataset or card.get("dataset"), num_classes)

@@ -111,3 +111,20 @@ def _literal(raw: str):
 
 def echo_err(message: str) -> None:
     click.echo(message, err=True)
+
+
+class ValueRange(click.ParamType):
+    """``LO,HI`` such as ``0,255`` or ``-1,1``."""
+
+    name = "LO,HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected two numbers LO,HI such as 0,255; received {value!r}.", param, ctx)
+        if not lo < hi:
+            self.fail(f"expected LO < HI such as 0,255; received {value!r}.", param, ctx)
+        return lo, hi

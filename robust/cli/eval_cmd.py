@@ -17,27 +17,11 @@ import click
 
 from robust.cli import main
 from robust.cli.common import FloatList, data_options
+from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
 from robust.errors import RobustError
 
 #: The default eps grid, as fractions of the model's value range (the run spec's default grid on [0, 1]).
 DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
-
-
-class ValueRange(click.ParamType):
-    """``LO,HI`` such as ``0,255`` or ``-1,1``."""
-
-    name = "LO,HI"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            lo, hi = (float(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"expected two numbers LO,HI such as 0,255; received {value!r}.", param, ctx)
-        if not lo < hi:
-            self.fail(f"expected LO < HI such as 0,255; received {value!r}.", param, ctx)
-        return lo, hi
 
 
 @main.command("eval")
