@@ -219,7 +219,7 @@ def _rows(model, prefix: str):
     for layer in layers:
         if isinstance(layer, keras.layers.InputLayer) and nested:
             continue  # a nested model's input is its caller's tensor, already counted
-        if isinstance(layer, keras.Model) and layer.layers:
+        if _is_graph_model(layer) and layer.layers:
             yield from _rows(layer, prefix=f"{prefix}{layer.name}/")
             continue
         name = f"{prefix}{layer.name}"
@@ -230,6 +230,17 @@ def _rows(model, prefix: str):
         biases = sum(int(math.prod(v.shape)) for v in layer.weights if _is_bias(v))
         weights = sum(int(math.prod(v.shape)) for v in layer.weights) - biases
         yield LayerRow(name, type(layer).__name__, shapes[0], activations, weights, biases)
+
+
+def _is_graph_model(layer) -> bool:
+    """A functional or Sequential model nested as a layer: its layers have recorded outputs to read.
+
+    A subclassed model has no graph to walk; it is counted as one row, like any layer.
+    """
+    import keras
+    from keras.src.models.functional import Functional
+
+    return isinstance(layer, (Functional, keras.Sequential))
 
 
 def _is_bias(variable) -> bool:

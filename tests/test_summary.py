@@ -168,3 +168,26 @@ def test_cli_summary_bad_input(args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_subclassed_block_inside_a_functional_model_is_one_row():
+    import keras
+
+    from robust.summary import summarize
+
+    class Block(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 3, padding="same")
+
+        def call(self, x):
+            return keras.ops.relu(self.conv(x))
+
+    inputs = keras.Input((8, 8, 1))
+    x = Block(name="block")(inputs)
+    outputs = keras.layers.Dense(3, name="predictions")(keras.layers.Flatten()(x))
+    summary = summarize(keras.Model(inputs, outputs))
+    rows = {row.name: row for row in summary.rows}
+    assert rows["block"].output_shape == (8, 8, 4) and rows["block"].activations == 8 * 8 * 4
+    assert rows["block"].weights == 3 * 3 * 1 * 4 and rows["block"].biases == 4
+    assert summary.to_dict()["totals"]["params"] == 3 * 3 * 4 + 4 + (8 * 8 * 4 + 1) * 3
