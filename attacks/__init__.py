@@ -38,19 +38,26 @@ def _source(ep: importlib.metadata.EntryPoint) -> str:
     return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
 
 
+# Why each skipped plugin was skipped, filled in by _entries(), so asking for one by name explains itself.
+_SKIPPED: dict[str, str] = {}
+
+
 @functools.cache
 def _entries() -> dict[str, tuple[type[Attack], str]]:
     found: dict[str, tuple[type[Attack], str]] = {}
+    _SKIPPED.clear()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         source = _source(ep)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
-            warnings.warn(f"attack plugin {ep.name!r} from {source} failed to import and is skipped: {exc}")
+            _SKIPPED[ep.name] = f"attack plugin {ep.name!r} from {source} failed to import and is skipped: {exc}"
+            warnings.warn(_SKIPPED[ep.name])
             continue
         if not (inspect.isclass(obj) and issubclass(obj, Attack)):
-            warnings.warn(f"attack plugin {ep.name!r} from {source} is skipped: the entry point must name a "
-                          f"subclass of robust.attacks.Attack; received {obj!r}.")
+            _SKIPPED[ep.name] = (f"attack plugin {ep.name!r} from {source} is skipped: the entry point must name a "
+                                 f"subclass of robust.attacks.Attack; received {obj!r}.")
+            warnings.warn(_SKIPPED[ep.name])
             continue
         found[ep.name] = (obj, source)
     return found
@@ -78,6 +85,8 @@ def get_attack(name: str, **params: Any) -> Attack:
     """
     registry = attack_registry()
     key = str(name).strip().lower()
+    if key not in registry and key in _SKIPPED:
+        raise RobustError(f"Attack {name!r} cannot be used: {_SKIPPED[key]} Known attacks: {known_names(registry)}.")
     if key not in registry:
         raise RobustError(f"Unknown attack {name!r}. Known attacks: {known_names(registry)}. "
                           "Run `robust attacks` to see their parameters.")

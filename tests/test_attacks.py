@@ -345,5 +345,8 @@ def test_a_broken_plugin_is_skipped_with_a_warning(monkeypatch):
         assert "'broken'" in messages and "failed to import" in messages
         assert "'notanattack'" in messages and "subclass of robust.attacks.Attack" in messages
         assert set(registry) == {"fgsm", "pgd"} and issubclass(registry["pgd"], Attack)
+        # asking for the broken one by name says why it is unavailable, not "unknown"
+        with pytest.raises(RobustError, match="'broken' cannot be used.*no_such_module_xyz"):
+            get_attack("broken", eps=0.1)
     finally:
         attacks_module._entries.cache_clear()
