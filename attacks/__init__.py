@@ -25,17 +25,12 @@ from robust.attacks.fooling import FoolingImages, FoolingResult
 from robust.attacks.norms import L2Norm, LinfNorm, Norm, get_norm
 from robust.attacks.pgd import PGD
 from robust.errors import RobustError, known_names
+from robust.models.registry import entry_point_source
 
 ENTRY_POINT_GROUP = "robust.attacks"
 
 __all__ = ["Attack", "AttackResult", "FGSM", "PGD", "FoolingImages", "FoolingResult", "Norm", "LinfNorm",
            "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source"]
-
-
-def _source(ep: importlib.metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    name = dist.metadata["Name"] if dist is not None else "?"
-    return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
 
 
 # Why each skipped plugin was skipped, filled in by _entries(), so asking for one by name explains itself.
@@ -47,7 +42,7 @@ def _entries() -> dict[str, tuple[type[Attack], str]]:
     found: dict[str, tuple[type[Attack], str]] = {}
     _SKIPPED.clear()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        source = _source(ep)
+        source = entry_point_source(ep)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the others

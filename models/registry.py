@@ -82,7 +82,8 @@ class Registry:
     broken: dict[str, str]  # name -> why it was skipped (failed import, wrong kind of object)
 
 
-def _entry_point_source(ep: importlib.metadata.EntryPoint) -> str:
+def entry_point_source(ep: importlib.metadata.EntryPoint) -> str:
+    """``"built-in"`` for this package's own entry points, else ``"plugin <dist> (<target>)"``."""
     dist = getattr(ep, "dist", None)
     name = dist.metadata["Name"] if dist is not None else "?"
     return "built-in" if name == "robust" else f"plugin {name} ({ep.value})"
@@ -101,7 +102,7 @@ def entries() -> Registry:
     ready: dict[str, ModelPlugin] = {}
     broken: dict[str, str] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        source = _entry_point_source(ep)
+        source = entry_point_source(ep)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the others

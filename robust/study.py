@@ -25,7 +25,6 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -90,16 +89,6 @@ def _prepare_folder(out: Path, spec: Spec, *, resume: bool, force: bool) -> None
 
 def _record_name(model_key: str, attack_key: str, eps: float) -> str:
     return f"{model_key}__{attack_key}__eps{eps:.6f}.json"
-
-
-def _versions() -> dict:
-    import keras
-    import tensorflow as tf
-
-    import robust
-
-    return {"robust": robust.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _device() -> str:
@@ -285,6 +274,8 @@ class Study:
     # -- results ---------------------------------------------------------
 
     def assemble(self, models: dict, data: dict, *, started: str, seconds: float) -> dict:
+        from robust.training import versions
+
         ds = data["dataset"]
         records = []
         for key in models:
@@ -326,7 +317,7 @@ class Study:
                 "seconds": round(seconds, 1),
                 "seed": self.spec.seed,
                 "device": _device(),
-                "versions": _versions(),
+                "versions": versions(),
                 "data": {"dataset": ds.name, "source": ds.source, "train_size": int(len(ds.y_train)),
                          "test_size_total": int(len(ds.y_test)), "attacked": int(len(data["y"])),
                          "input_shape": list(ds.input_shape), "value_range": list(ds.value_range),
