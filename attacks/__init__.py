@@ -30,7 +30,7 @@ from robust.models.registry import entry_point_source
 ENTRY_POINT_GROUP = "robust.attacks"
 
 __all__ = ["Attack", "AttackResult", "FGSM", "PGD", "FoolingImages", "FoolingResult", "Norm", "LinfNorm",
-           "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source"]
+           "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source", "strongest"]
 
 
 # Why each skipped plugin was skipped, filled in by _entries(), so asking for one by name explains itself.
@@ -95,3 +95,17 @@ def get_attack(name: str, **params: Any) -> Attack:
             + "."
         )
     return cls(**params)
+
+
+def strongest(names) -> int:
+    """The position of the strongest attack among registered ``names``, as the attacks declare it.
+
+    Each attack class states its :attr:`Attack.strength`; the highest wins,
+    the last one among ties (a spec's later, usually heavier, entry).
+    """
+    registry = attack_registry()
+    ranks = [getattr(registry.get(str(n).strip().lower()), "strength", 0) for n in names]
+    if not ranks:
+        raise RobustError("strongest: no attacks given.")
+    best = max(ranks)
+    return max(i for i, r in enumerate(ranks) if r == best)

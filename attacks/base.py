@@ -1,13 +1,15 @@
-"""The base every norm-bounded attack shares, and the result it returns.
+"""The base every norm-bounded attack shares, the driver that runs it, and the result it returns.
 
 :class:`Attack` owns what FGSM, PGD and later attacks have in common:
 validating hyper-parameters and inputs, choosing the labels, refusing
-models without a usable gradient, batching (with a progress bar), seeding,
-the norm ball and the value range, and assembling the :class:`AttackResult`.
-A subclass writes one method, :meth:`Attack._perturb`, with ``keras.ops``;
-the base compiles it, together with the clean and adversarial predictions,
-into one graph built once per model and attack configuration
-(:mod:`robust.backend`) and reused for every batch and call.
+models without a usable gradient (for attacks that need one), masks of the
+points still to attack, per-image random keys, restarts, the norm ball and
+the value range, and assembling the :class:`AttackResult`. A subclass writes
+one method, :meth:`Attack._perturb`, with ``keras.ops``; the base compiles
+it, together with the clean and adversarial predictions, into one kernel
+built once per model and attack configuration. The kernel takes the model's
+weights as an argument, so it never attacks stale weights, and it serves
+every batch size.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import sys
 import time
 from typing import Any, ClassVar, Sequence
 
@@ -23,15 +24,18 @@ import numpy as np
 from keras import ops
 
 from robust import backend
+from robust.attacks.driver import run_batches
 from robust.attacks.norms import Norm, get_norm
 from robust.errors import RobustError
 from robust.gradients import (
     Logits,
     batches,
+    cached,
     check_gradients,
     check_images,
     check_labels,
     check_value_range,
+    margin,
     model_logits,
 )
 
@@ -41,19 +45,25 @@ LABELS_PREDICTED = "model predictions"
 
 @dataclasses.dataclass
 class AttackResult:
-    """What an attack returns: adversarial images and the predictions on both sides.
+    """What an attack returns: adversarial images and the predictions on both sides, per image.
 
     Attributes:
-        x_adv: adversarial images, float32, shaped like the input.
+        x_adv: adversarial images, float32, shaped like the input (the image itself where not attacked).
         labels: the labels attacked (given, or the model's clean predictions).
         labels_from: ``"given"`` or ``"model predictions"``.
         clean_pred, adv_pred: predicted classes on the clean and adversarial images.
         clean_confidence, adv_confidence: softmax probability of those predictions.
         perturbation: size of ``x_adv - x`` per image, in the attack's norm.
-        target: the target class per image for a targeted attack, else ``None``.
+        score: how far each adversarial image is past the decision boundary: the margin of the
+            best other class over the label (untargeted) or of the target over the best other
+            class (targeted); positive exactly when the attack succeeded. :meth:`worst_of` ranks by it.
         seconds: wall-clock time of the call (the first call also compiles).
         attack, norm, eps, params: what was run.
+        target: the target class per image for a targeted attack, else ``None``.
         logits_kind: how the model's logits were obtained (see :func:`robust.gradients.model_logits`).
+        indices: each image's global index (its random key is ``(seed, index)``).
+        attacked: which images the attack ran on (the mask it was given); others are unchanged.
+        source: per image, which result of a :meth:`worst_of` merge it came from (0 otherwise).
     """
 
     x_adv: np.ndarray
@@ -71,6 +81,21 @@ class AttackResult:
     params: dict[str, Any]
     target: np.ndarray | None = None
     logits_kind: str = "logits"
+    score: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    attacked: np.ndarray | None = None
+    source: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.indices is None:
+            self.indices = np.arange(n)
+        if self.attacked is None:
+            self.attacked = np.ones(n, bool)
+        if self.source is None:
+            self.source = np.zeros(n, np.int64)
+        if self.score is None:
+            self.score = np.where(self.success, 1.0, -1.0).astype(np.float32)
 
     @property
     def targeted(self) -> bool:
@@ -91,8 +116,41 @@ class AttackResult:
     def adversarial_accuracy(self) -> float:
         return float(np.mean(self.adv_pred == self.labels))
 
+    def worst_of(self, *others: "AttackResult") -> "AttackResult":
+        """Per image, the worst case over this result and ``others`` (restarts, ensembles, sweeps).
 
-def _check_number(name: str, value, *, minimum: float | None = None, integer: bool = False,
+        An image's entry comes from the first result in which the attack
+        succeeded; where none succeeded, from the one with the highest
+        :attr:`score` (closest to the boundary). All results must cover the
+        same images with the same labels (and targets). ``source`` says which
+        result each image came from (0 is this one); ``seconds`` add up.
+        """
+        merged = dataclasses.replace(self, source=np.zeros(len(self.labels), np.int64))
+        for number, other in enumerate(others, start=1):
+            if not (np.array_equal(other.indices, self.indices) and np.array_equal(other.labels, self.labels)):
+                raise RobustError("worst_of: the results cover different images or labels; merge results of "
+                                  "the same images only.")
+            ok, best_ok = other.success, merged.success
+            take = other.attacked & ((ok & ~best_ok) | ((ok == best_ok) & ~best_ok & (other.score > merged.score)))
+            merged = _take(merged, other, take, number)
+        return merged
+
+
+_PER_IMAGE = ("x_adv", "adv_pred", "adv_confidence", "perturbation", "score")
+
+
+def _take(base: AttackResult, other: AttackResult, take: np.ndarray, number: int) -> AttackResult:
+    """``base`` with the per-image adversarial fields of ``other`` where ``take`` is set."""
+    changes = {}
+    for name in _PER_IMAGE:
+        mine, theirs = getattr(base, name), getattr(other, name)
+        column = take.reshape((-1,) + (1,) * (np.ndim(mine) - 1))
+        changes[name] = np.where(column, theirs, mine).astype(mine.dtype)
+    return dataclasses.replace(base, **changes, attacked=base.attacked | other.attacked,
+                               source=np.where(take, number, base.source), seconds=base.seconds + other.seconds)
+
+
+def check_number(name: str, value, *, minimum: float | None = None, integer: bool = False,
                   allow_none: bool = False, positive: bool = False):
     if value is None and allow_none:
         return None
@@ -122,18 +180,28 @@ class Attack:
         norm: ``"inf"`` or ``"2"`` (or a :class:`~robust.attacks.norms.Norm`).
         targeted: push towards a target class given at call time instead of
             away from the label.
-        seed: seed of the random start (per batch, so results depend on batch_size).
+        seed: seed of the random numbers; image ``i`` draws from ``(seed, index of i)``, so results
+            do not depend on the batch size or on which other images are attacked.
+
+    Class attributes a subclass may set:
+        name: the registered name.
+        needs_gradients: False for attacks that use model outputs only (score-based, black-box);
+            they are never refused for a model without a usable gradient.
+        strength: rank of the attack's thoroughness; the study's masking checks and example
+            images use the strongest attack of a spec (the highest, the last one among ties).
     """
 
     name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = True
+    strength: ClassVar[int] = 0
 
     def __init__(self, *, eps: float, norm: str | Norm = "inf", targeted: bool = False, seed: int = 0):
-        self.eps = _check_number("eps", eps, minimum=0.0)
+        self.eps = check_number("eps", eps, minimum=0.0)
         self.norm = get_norm(norm)
         if not isinstance(targeted, (bool, np.bool_)):
             raise RobustError(f"targeted must be True or False; received {targeted!r}.")
         self.targeted = bool(targeted)
-        self.seed = _check_number("seed", seed, integer=True, minimum=0)
+        self.seed = check_number("seed", seed, integer=True, minimum=0)
 
     # ------------------------------------------------------------ subclass API
 
@@ -149,15 +217,18 @@ class Attack:
         """Whether :meth:`_perturb` evaluates the model on ``x`` itself first (and returns those logits)."""
         return False
 
+    def _restarts(self) -> int:
+        """Independent runs per image; the driver keeps the worst case (:meth:`AttackResult.worst_of`)."""
+        return 1
 
-    def _perturb(self, logits: Logits, x, goal, rng: backend.Rng, eps, step_size, low, high):
+    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
         """Adversarial images for one batch, written with ``keras.ops`` (runs compiled).
 
         Args:
-            logits: the model as a function to logits.
+            logits: the model as a function ``x -> logits`` (on the weights the kernel was given).
             x: clean images of the batch.
             goal: the labels to move away from, or the targets to move to (``self.targeted``).
-            rng: random numbers for this batch.
+            rng: per-image random numbers (``robust.backend.Rng``); draw with a leading batch axis.
             eps, step_size, low, high: scalar tensors.
 
         Returns:
@@ -219,7 +290,10 @@ class Attack:
             target = np.full(n, target)
         return check_labels(target, n, num_classes, name="target")
 
-    def _compiled(self, model, logits: Logits, image_shape: tuple[int, ...], labels_given: bool):
+    # ----------------------------------------------------------------- kernel
+
+    def _kernel(self, model, logits: Logits, image_shape: tuple[int, ...], labels_given: bool):
+        """The compiled ``(state, x, y, target, keys, restart, eps, step_size, low, high) -> outputs``."""
         key = (type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape), labels_given)
         norm, targeted = self.norm, self.targeted
         # Labels are needed before the attack runs. Given labels (or a target) let an attack that
@@ -227,33 +301,38 @@ class Attack:
         clean_pass = not (self._starts_at_x() and (labels_given or targeted))
 
         def build(proxy):
-            def run(x, y, target, seed, eps, step_size, low, high):
-                clean = logits(x) if clean_pass else None
+            def run(state, x, y, target, keys, restart, eps, step_size, low, high):
+                bound = logits.bind(state)
+                clean = bound(x) if clean_pass else None
                 labels = y if labels_given else ops.cast(ops.argmax(clean, axis=-1), "int32")
                 goal = target if targeted else labels
-                x_adv, clean_seen, adv = self._perturb(logits, x, goal, backend.Rng(seed), eps, step_size, low, high)
+                rng = backend.Rng(keys).fold(restart)
+                x_adv, clean_seen, adv = self._perturb(bound, x, goal, rng, eps, step_size, low, high)
                 if clean is None:
                     clean = clean_seen
                     if not labels_given:
                         labels = ops.cast(ops.argmax(clean, axis=-1), "int32")
                 if adv is None:
-                    adv = logits(x_adv)
+                    adv = bound(x_adv)
+                score = -margin(adv, goal) if targeted else margin(adv, labels)
                 return (x_adv, labels, ops.cast(ops.argmax(clean, axis=-1), "int32"),
                         ops.max(ops.softmax(clean, axis=-1), axis=-1), ops.cast(ops.argmax(adv, axis=-1), "int32"),
-                        ops.max(ops.softmax(adv, axis=-1), axis=-1), norm.distance(x_adv - x))
+                        ops.max(ops.softmax(adv, axis=-1), axis=-1), norm.distance(x_adv - x), score)
 
             scalar = backend.spec(())
-            signature = [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32"),
-                         backend.spec((None,), "int32"), backend.spec((2,), "int32"), scalar, scalar, scalar, scalar]
+            signature = [logits.state_signature(), backend.spec((None,) + tuple(image_shape)),
+                         backend.spec((None,), "int32"), backend.spec((None,), "int32"),
+                         backend.spec((None, 2), "int32"), backend.spec((), "int32"), scalar, scalar, scalar, scalar]
             return backend.compile(run, signature)
 
-        return backend.cached(model, key, build)
+        return cached(model, key, build)
 
     # ------------------------------------------------------------------- call
 
     def __call__(self, model, x: np.ndarray, y: np.ndarray | None = None, *,
                  value_range: Sequence[float] = (0.0, 1.0), batch_size: int = 256,
-                 target: int | np.ndarray | None = None, progress: bool = True) -> AttackResult:
+                 target: int | np.ndarray | None = None, indices: np.ndarray | None = None,
+                 mask: np.ndarray | None = None, progress: bool = True) -> AttackResult:
         """Attack ``x`` (n images) on ``model``; arrays in, arrays out.
 
         Args:
@@ -262,57 +341,127 @@ class Attack:
             x: images shaped ``(n, *model input shape)`` inside ``value_range``.
             y: true labels ``(n,)`` (or one-hot); the model's predictions when ``None``.
             value_range: ``(low, high)`` of valid pixel values; adversarial images stay inside.
-            batch_size: images per compiled call; memory does not grow with ``n`` beyond the result.
+            batch_size: images per compiled call; results do not depend on it.
             target: targeted attacks only: one class for all images, or one per image.
+            indices: each image's global index (default ``0..n-1``); image ``i`` draws its random
+                numbers from ``(seed, indices[i])``, so a subset or a shard of a data set gets
+                exactly the numbers it gets in the whole.
+            mask: which images to attack (default all); the others are returned unchanged, with
+                their clean predictions.
             progress: show a progress bar over batches (only on a terminal).
 
         Returns:
             An :class:`AttackResult`.
 
         Raises:
-            RobustError: bad images, labels, targets or eps, or a model without a usable gradient.
+            RobustError: bad images, labels, targets, indices, mask or eps, or (for attacks that
+                need gradients) a model without a usable gradient.
         """
         started = time.perf_counter()
         low, high = check_value_range(value_range)
         x = check_images(model, x, (low, high))
-        n, image_shape = len(x), tuple(x.shape[1:])
-        self.check_eps(image_shape, (low, high))
-        spans = batches(n, batch_size)
+        n = len(x)
+        self.check_eps(x.shape[1:], (low, high))
         logits = model_logits(model, x)
         y = check_labels(y, n, logits.num_classes)
         target = self._check_target(target, n, logits.num_classes)
-        first = slice(*spans[0])
-        check_gradients(model, x[first], None if y is None else y[first], value_range=(low, high))
-        run = self._compiled(model, logits, image_shape, labels_given=y is not None)
+        indices, mask = _check_indices(indices, n), _check_mask(mask, n)
+        if self.needs_gradients and mask.any():
+            first = np.flatnonzero(mask)[:64]
+            check_gradients(model, x[first], None if y is None else y[first], value_range=(low, high))
+        result, standing = None, mask.copy()
+        for restart in range(self._restarts()):
+            todo = np.flatnonzero(standing)
+            if len(todo) == 0:
+                break
+            out = self._run(model, logits, x, y, target, indices[todo], todo, restart, (low, high), batch_size,
+                            progress)
+            found = self._assemble(model, logits, x, y, target, indices, batch_size, todo, out, result)
+            result = found if result is None else result.worst_of(found)
+            standing &= ~result.success
+        if result is None:  # nothing to attack
+            result = self._assemble(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [])
+        result.seconds = time.perf_counter() - started
+        result.source = np.zeros(n, np.int64)
+        return result
 
-        x_adv = np.empty_like(x)
-        ints = {k: np.empty(n, np.int64) for k in ("labels", "clean_pred", "adv_pred")}
-        floats = {k: np.empty(n, np.float32) for k in ("clean_confidence", "adv_confidence", "perturbation")}
-        scalars = [backend.tensor(v) for v in (self.eps, self._step_size(), low, high)]
-        no_labels = np.full(min(int(batch_size), n), -1, np.int32)
-        for index, (s, e) in enumerate(_progress(spans, progress, type(self).__name__)):
-            yb = y[s:e].astype(np.int32) if y is not None else no_labels[: e - s]
-            tb = target[s:e].astype(np.int32) if target is not None else no_labels[: e - s]
-            seed = backend.tensor([self.seed % (2**31 - 1), index], "int32")
-            out = run(backend.tensor(x[s:e]), backend.tensor(yb, "int32"), backend.tensor(tb, "int32"),
-                      seed, *scalars)
-            x_adv[s:e] = backend.to_numpy(out[0])
-            for k, v in zip(("labels", "clean_pred", "clean_confidence", "adv_pred", "adv_confidence",
-                             "perturbation"), out[1:]):
-                (ints if k in ints else floats)[k][s:e] = backend.to_numpy(v)
+    def _run(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
+        """The kernel's outputs over the images ``todo`` (random keys from ``keys_from``)."""
+        low, high = value_range
+        kernel = self._kernel(model, logits, x.shape[1:], labels_given=y is not None)
+        no_labels = np.full(len(x), -1, np.int32)
+        per_image = [(x[todo], "float32"), ((no_labels if y is None else y)[todo], "int32"),
+                     ((no_labels if target is None else target)[todo], "int32")]
+        constants = [backend.tensor(restart, "int32")] + [backend.tensor(v) for v in
+                                                          (self.eps, self._step_size(), low, high)]
+        return run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
+                           batch_size=batch_size, progress=progress, desc=type(self).__name__)
+
+    def _assemble(self, model, logits, x, y, target, indices, batch_size, todo, out, previous):
+        """A result over all images: the kernel's outputs on ``todo``, every other image unchanged.
+
+        The clean predictions of the other images come from ``previous`` (an earlier run over the
+        same images) or, the first time, from one forward pass over just those images.
+        """
+        n = len(x)
+        if previous is not None:
+            fields = {k: np.copy(getattr(previous, k)) for k in _PER_IMAGE + ("labels", "clean_pred",
+                                                                             "clean_confidence")}
+            fields["x_adv"] = x.copy()
+        else:
+            fields = {"x_adv": x.copy(), "labels": np.full(n, -1, np.int64), "clean_pred": np.zeros(n, np.int64),
+                      "clean_confidence": np.zeros(n, np.float32), "adv_pred": np.zeros(n, np.int64),
+                      "adv_confidence": np.zeros(n, np.float32), "perturbation": np.zeros(n, np.float32),
+                      "score": np.zeros(n, np.float32)}
+            rest = np.ones(n, bool)
+            rest[todo] = False
+            if rest.any():
+                pred, conf, score = _predict(logits, x[rest], None if y is None else y[rest],
+                                             None if target is None else target[rest], batch_size)
+                fields["labels"][rest] = pred if y is None else y[rest]
+                fields["clean_pred"][rest] = fields["adv_pred"][rest] = pred
+                fields["clean_confidence"][rest] = fields["adv_confidence"][rest] = conf
+                fields["score"][rest] = score
+        for name, values in zip(("x_adv", "labels", "clean_pred", "clean_confidence", "adv_pred",
+                                 "adv_confidence", "perturbation", "score"), out):
+            fields[name][todo] = values
+        attacked = np.zeros(n, bool)
+        attacked[todo] = True
         return AttackResult(
-            x_adv=x_adv, labels=ints["labels"], labels_from=LABELS_GIVEN if y is not None else LABELS_PREDICTED,
-            clean_pred=ints["clean_pred"], adv_pred=ints["adv_pred"],
-            clean_confidence=floats["clean_confidence"], adv_confidence=floats["adv_confidence"],
-            perturbation=floats["perturbation"], seconds=time.perf_counter() - started, attack=self.name,
-            norm=self.norm.name, eps=self.eps, params=self.params, target=target, logits_kind=logits.kind,
+            **fields, labels_from=LABELS_GIVEN if y is not None else LABELS_PREDICTED, seconds=0.0,
+            attack=self.name, norm=self.norm.name, eps=self.eps, params=self.params, target=target,
+            logits_kind=logits.kind, indices=indices, attacked=attacked,
         )
 
 
-def _progress(items, enabled: bool, desc: str):
-    """A tqdm bar over batches on a terminal with more than one batch; the plain list otherwise."""
-    if not enabled or len(items) < 2 or not sys.stderr.isatty():
-        return items
-    from tqdm.auto import tqdm
+def _predict(logits: Logits, x: np.ndarray, y, target, batch_size: int):
+    """Clean predictions, confidences and boundary scores of images that are not attacked."""
+    z = np.concatenate([backend.to_numpy(logits(backend.tensor(x[s:e]))) for s, e in batches(len(x), batch_size)])
+    pred = z.argmax(axis=1)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    conf = (p.max(axis=1) / p.sum(axis=1)).astype(np.float32)
+    goal = (target if target is not None else (pred if y is None else y)).astype(np.int64)
+    own = z[np.arange(len(z)), goal]
+    others = np.where(np.eye(z.shape[1], dtype=bool)[goal], -np.inf, z).max(axis=1)
+    score = (own - others) if target is not None else (others - own)
+    return pred, conf, score.astype(np.float32)
 
-    return tqdm(items, desc=desc, unit="batch", leave=False)
+
+def _check_indices(indices, n: int) -> np.ndarray:
+    if indices is None:
+        return np.arange(n)
+    idx = np.asarray(indices)
+    if idx.shape != (n,) or idx.dtype.kind not in "iu" or (n and idx.min() < 0):
+        raise RobustError(f"indices must hold one non-negative integer image index per image, shape ({n},); "
+                          f"received dtype {idx.dtype} and shape {idx.shape}.")
+    return idx.astype(np.int64)
+
+
+def _check_mask(mask, n: int) -> np.ndarray:
+    if mask is None:
+        return np.ones(n, bool)
+    m = np.asarray(mask)
+    if m.shape != (n,) or m.dtype != bool:
+        raise RobustError(f"mask must be a boolean array with one entry per image, shape ({n},); "
+                          f"received dtype {m.dtype} and shape {m.shape}.")
+    return m.copy()

@@ -34,6 +34,7 @@ class FGSM(PGD):
     """
 
     name = "fgsm"
+    strength = 1
     # One step from the image: the result is that step, as in the paper (no search over iterates).
     _keep_every_iterate = False
 

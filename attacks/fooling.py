@@ -17,11 +17,12 @@ import numpy as np
 from keras import ops
 
 from robust import backend
-from robust.attacks.base import _check_number, _progress
+from robust.attacks.base import check_number
+from robust.attacks.driver import run_batches
 from robust.errors import RobustError
 from robust.gradients import (
     Logits,
-    batches,
+    cached,
     check_gradients,
     check_images,
     check_labels,
@@ -102,18 +103,18 @@ class FoolingImages:
     def __init__(self, *, threshold: float = 0.99, max_steps: int = 1000, step_size: float | None = None,
                  l2_decay: float = 0.0, blur_every: int = 0, blur_sigma: float = 1.0, jitter: int = 0,
                  seed: int = 0):
-        self.threshold = _check_number("threshold", threshold, positive=True)
+        self.threshold = check_number("threshold", threshold, positive=True)
         if self.threshold >= 1:
             raise RobustError(f"threshold must be a confidence below 1, such as 0.99; received {threshold!r}.")
-        self.max_steps = _check_number("max_steps", max_steps, integer=True, minimum=1)
-        self.step_size = _check_number("step_size", step_size, allow_none=True, positive=True)
-        self.l2_decay = _check_number("l2_decay", l2_decay, minimum=0.0)
+        self.max_steps = check_number("max_steps", max_steps, integer=True, minimum=1)
+        self.step_size = check_number("step_size", step_size, allow_none=True, positive=True)
+        self.l2_decay = check_number("l2_decay", l2_decay, minimum=0.0)
         if self.l2_decay >= 1:
             raise RobustError(f"l2_decay must be in [0, 1), such as 0.01; received {l2_decay!r}.")
-        self.blur_every = _check_number("blur_every", blur_every, integer=True, minimum=0)
-        self.blur_sigma = _check_number("blur_sigma", blur_sigma, positive=True)
-        self.jitter = _check_number("jitter", jitter, integer=True, minimum=0)
-        self.seed = _check_number("seed", seed, integer=True, minimum=0)
+        self.blur_every = check_number("blur_every", blur_every, integer=True, minimum=0)
+        self.blur_sigma = check_number("blur_sigma", blur_sigma, positive=True)
+        self.jitter = check_number("jitter", jitter, integer=True, minimum=0)
+        self.seed = check_number("seed", seed, integer=True, minimum=0)
 
     @property
     def params(self) -> dict:
@@ -128,28 +129,27 @@ class FoolingImages:
         blur_every, jitter = self.blur_every, self.jitter
         kernel = _gaussian_kernel(self.blur_sigma, image_shape[-1]) if blur_every and len(image_shape) == 3 else None
 
-        def value(xt, target):
-            z = logits(xt)
-            return ops.take_along_axis(ops.log_softmax(z, axis=-1), ops.expand_dims(target, -1), axis=-1)[:, 0], z
-
-        value_and_grad = backend.value_and_grad(value)
-
         def confidence(z, target):
             return ops.take_along_axis(ops.softmax(z, axis=-1), ops.expand_dims(target, -1), axis=-1)[:, 0]
 
         def build(proxy):
-            def run(x, target, seed, threshold, step_size, l2_decay, max_steps, low, high):
-                rng = backend.Rng(seed)
-                batch = ops.shape(target)[:1]
+            def run(state, x, target, keys, threshold, step_size, l2_decay, max_steps, low, high):
+                bound = logits.bind(state)
+                rng = backend.Rng(keys)
                 pick_shape = (-1,) + (1,) * len(image_shape)
+
+                def value(xt, t):
+                    z = bound(xt)
+                    return ops.take_along_axis(ops.log_softmax(z, axis=-1), ops.expand_dims(t, -1), axis=-1)[:, 0], z
+
+                value_and_grad = backend.value_and_grad(value)
 
                 def body(i, images, steps, reached):
                     if jitter:
-                        shift = rng.fold(i).integers((2,), -jitter, jitter + 1)
-                        moved = ops.roll(ops.roll(images, shift[0], axis=1), shift[1], axis=2)
-                        _, grad, _ = value_and_grad(moved, target)
-                        grad = ops.roll(ops.roll(grad, -shift[0], axis=1), -shift[1], axis=2)
-                        z = logits(images)
+                        shift = rng.fold(i).integers((ops.shape(target)[0], 2), -jitter, jitter + 1)
+                        _, grad, _ = value_and_grad(_roll(images, shift[:, 0], shift[:, 1]), target)
+                        grad = _roll(grad, -shift[:, 0], -shift[:, 1])
+                        z = bound(images)
                     else:
                         _, grad, z = value_and_grad(images, target)
                     now = ops.logical_or(reached, confidence(z, target) >= threshold)
@@ -166,20 +166,20 @@ class FoolingImages:
                 def cond(i, images, steps, reached):
                     return ops.logical_and(i < max_steps, ops.logical_not(ops.all(reached)))
 
-                state = (ops.convert_to_tensor(0, "int32"), x, ops.full(batch, max_steps, "int32"),
-                         ops.zeros(batch, "bool"))
-                _, images, steps, _ = ops.while_loop(cond, body, state)
-                z = logits(images)
-                conf = confidence(z, target)
-                return images, conf, ops.cast(ops.argmax(z, axis=-1), "int32"), steps
+                batch = ops.shape(target)[:1]
+                state0 = (ops.convert_to_tensor(0, "int32"), x, ops.full(batch, max_steps, "int32"),
+                          ops.zeros(batch, "bool"))
+                _, images, steps, _ = ops.while_loop(cond, body, state0)
+                z = bound(images)
+                return images, confidence(z, target), ops.cast(ops.argmax(z, axis=-1), "int32"), steps
 
             scalar = backend.spec(())
-            signature = [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32"),
-                         backend.spec((2,), "int32"), scalar, scalar, scalar, backend.spec((), "int32"),
-                         scalar, scalar]
+            signature = [logits.state_signature(), backend.spec((None,) + tuple(image_shape)),
+                         backend.spec((None,), "int32"), backend.spec((None, 2), "int32"), scalar, scalar, scalar,
+                         backend.spec((), "int32"), scalar, scalar]
             return backend.compile(run, signature)
 
-        return backend.cached(model, key, build)
+        return cached(model, key, build)
 
     def __call__(self, model, classes: Sequence[int] | None = None, seeds: int = 1, *,
                  start: np.ndarray | None = None, value_range: Sequence[float] = (0.0, 1.0),
@@ -201,7 +201,7 @@ class FoolingImages:
         """
         started = time.perf_counter()
         low, high = check_value_range(value_range)
-        seeds = _check_number("seeds", seeds, integer=True, minimum=1)
+        seeds = check_number("seeds", seeds, integer=True, minimum=1)
         image_shape = tuple(int(d) for d in model.input_shape[1:])
         if any(d is None for d in model.input_shape[1:]):
             if start is None:
@@ -225,28 +225,35 @@ class FoolingImages:
                 raise RobustError(f"start must be one image or one per fooling image ({n} = {len(class_array)} "
                                   f"classes x {seeds} seeds); received {len(start)} images.")
         step_size = self.step_size if self.step_size is not None else 0.01 * (high - low)
-        spans = batches(n, batch_size)
-        run = self._compiled(model, logits, image_shape)
-        rng = np.random.default_rng(self.seed)
-        out = {"images": np.empty((n,) + image_shape, np.float32), "confidence": np.empty(n, np.float32),
-               "predicted": np.empty(n, np.int64), "steps": np.empty(n, np.int64)}
+        if start is None:
+            start = _noise(self.seed, n, image_shape, low, high)
+        x0 = np.ascontiguousarray(np.broadcast_to(start, (n,) + image_shape), dtype=np.float32)
+        check_gradients(model, x0[:64], target[:64], value_range=(low, high))
         scalars = [backend.tensor(self.threshold), backend.tensor(step_size), backend.tensor(self.l2_decay),
                    backend.tensor(self.max_steps, "int32"), backend.tensor(low), backend.tensor(high)]
-        checked = False
-        for index, (s, e) in enumerate(_progress(spans, progress, "FoolingImages")):
-            if start is None:
-                x0 = rng.uniform(low, high, size=(e - s,) + image_shape).astype(np.float32)
-            else:
-                x0 = np.broadcast_to(start, (n,) + image_shape)[s:e].astype(np.float32)
-            if not checked:
-                check_gradients(model, x0, target[s:e], value_range=(low, high))
-                checked = True
-            seed = backend.tensor([self.seed % (2**31 - 1), index], "int32")
-            images, conf, pred, steps = run(backend.tensor(x0), backend.tensor(target[s:e], "int32"), seed,
-                                            *scalars)
-            for k, v in zip(("images", "confidence", "predicted", "steps"), (images, conf, pred, steps)):
-                out[k][s:e] = backend.to_numpy(v)
+        images, conf, pred, steps = run_batches(
+            self._compiled(model, logits, image_shape), logits.state(), [(x0, "float32"), (target, "int32")],
+            scalars, seed=self.seed, indices=np.arange(n), batch_size=batch_size, progress=progress,
+            desc="FoolingImages")
+        out = {"images": images, "confidence": conf, "predicted": pred.astype(np.int64),
+               "steps": steps.astype(np.int64)}
         return FoolingResult(images=out["images"], target=target.astype(np.int64), confidence=out["confidence"],
                              predicted=out["predicted"], steps=out["steps"],
                              reached=out["confidence"] >= self.threshold, threshold=self.threshold,
                              seconds=time.perf_counter() - started)
+
+
+def _noise(seed: int, n: int, image_shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
+    """Uniform start images, image ``i`` drawn from its own stream ``(seed, i)``."""
+    return np.stack([np.random.default_rng([seed, i]).uniform(low, high, size=image_shape)
+                     for i in range(n)]).astype(np.float32)
+
+
+def _roll(images, rows, cols):
+    """Each image shifted cyclically by its own ``(rows[i], cols[i])`` pixels (``np.roll`` per image)."""
+    height, width = images.shape[1], images.shape[2]
+    shape = ops.shape(images)
+    r = ops.mod(ops.arange(height)[None, :] - rows[:, None], height)
+    c = ops.mod(ops.arange(width)[None, :] - cols[:, None], width)
+    out = ops.take_along_axis(images, ops.broadcast_to(r[:, :, None, None], shape), axis=1)
+    return ops.take_along_axis(out, ops.broadcast_to(c[:, None, :, None], shape), axis=2)

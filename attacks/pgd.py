@@ -8,7 +8,7 @@ from __future__ import annotations
 from keras import ops
 
 from robust import backend
-from robust.attacks.base import Attack, _check_number
+from robust.attacks.base import Attack, check_number
 from robust.attacks.norms import Norm
 from robust.errors import RobustError
 from robust.gradients import Logits, check_loss, objective, success
@@ -45,23 +45,27 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    strength = 2
     _keep_every_iterate = True
 
     def __init__(self, *, eps: float = 0.3, norm: str | Norm = "inf", steps: int = 40,
                  step_size: float | None = None, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", targeted: bool = False, seed: int = 0):
         super().__init__(eps=eps, norm=norm, targeted=targeted, seed=seed)
-        self.steps = _check_number("steps", steps, integer=True, minimum=1)
-        self.step_size = _check_number("step_size", step_size, allow_none=True, positive=True)
+        self.steps = check_number("steps", steps, integer=True, minimum=1)
+        self.step_size = check_number("step_size", step_size, allow_none=True, positive=True)
         self.random_start = bool(random_start)
-        self.restarts = _check_number("restarts", restarts, integer=True, minimum=1)
+        self.restarts = check_number("restarts", restarts, integer=True, minimum=1)
         self.loss = check_loss(loss)
         if self.restarts > 1 and not self.random_start:
             raise RobustError(f"restarts={self.restarts} needs random_start=True: without a random start every "
                               "restart is the same run. Use restarts=1 or turn the random start on.")
 
     def _config(self) -> tuple:
-        return (self.steps, self.random_start, self.restarts, self.loss, self._keep_every_iterate)
+        return (self.steps, self.random_start, self.loss, self._keep_every_iterate)
+
+    def _restarts(self) -> int:
+        return self.restarts
 
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
@@ -69,7 +73,7 @@ class PGD(Attack):
     def _starts_at_x(self) -> bool:
         return not self.random_start
 
-    def _perturb(self, logits: Logits, x, goal, rng: backend.Rng, eps, step_size, low, high):
+    def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
         norm, loss, targeted, keep_all = self.norm, self.loss, self.targeted, self._keep_every_iterate
 
         def value(xt, labels):
@@ -101,16 +105,11 @@ class PGD(Attack):
         batch = ops.shape(x)[0]
         no_logits = ops.zeros((batch, logits.num_classes))
         best = (x, ops.full((batch,), -float("inf")), ops.zeros((batch,), dtype="bool"), no_logits)
-        clean_z = no_logits
-        for restart in range(self.restarts):
-            start = x
-            if self.random_start:
-                start = ops.clip(x + norm.random_start(x, eps, rng.fold(restart)), low, high)
-            final, best, first_z = ops.fori_loop(0, self.steps, step, (start, best, no_logits))
-            if restart == 0:
-                clean_z = first_z
-            if self.restarts == 1 and not keep_all:
-                return final, (None if self.random_start else clean_z), None
-            z = logits(final)
-            best = keep_worse(best, final, objective(z, goal, loss=loss, targeted=targeted), z)
-        return best[0], (None if self.random_start else clean_z), best[3]
+        start = ops.clip(x + norm.random_start(x, eps, rng), low, high) if self.random_start else x
+        final, best, first_z = ops.fori_loop(0, self.steps, step, (start, best, no_logits))
+        clean_z = None if self.random_start else first_z
+        if not keep_all:
+            return final, clean_z, None
+        z = logits(final)
+        best = keep_worse(best, final, objective(z, goal, loss=loss, targeted=targeted), z)
+        return best[0], clean_z, best[3]

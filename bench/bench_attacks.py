@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     from art.estimators.classification import TensorFlowV2Classifier
 
     import art
-    from robust import backend
+    from robust.backend import tensorflow as backend
     from robust.attacks import FGSM, PGD
     from robust.data import balanced_indices, load_dataset
 

@@ -91,6 +91,15 @@ def save_trained(directory: str | os.PathLike, model, card: dict) -> None:
     write_json(directory / CARD_FILE, card)
 
 
+def save_trained_bytes(directory: str | os.PathLike, keras_bytes: bytes, card: dict) -> None:
+    """:func:`save_trained` for a model already serialised (a ``.keras`` file's bytes, e.g. from another process)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CARD_FILE).unlink(missing_ok=True)
+    write_bytes(directory / MODEL_FILE, keras_bytes)
+    write_json(directory / CARD_FILE, card)
+
+
 def read_card(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CARD_FILE
     if not path.is_file():

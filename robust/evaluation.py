@@ -51,8 +51,8 @@ def summarize(result: AttackResult) -> dict[str, Any]:
 
 def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None, eps_list: Sequence[float], *,
                     value_range: Sequence[float] = (0.0, 1.0), batch_size: int = 256, seed: int = 0,
-                    target: int | np.ndarray | None = None, progress: bool = False,
-                    on_result: Callable[[AttackResult], None] | None = None,
+                    target: int | np.ndarray | None = None, indices: np.ndarray | None = None,
+                    progress: bool = False, on_result: Callable[[AttackResult], None] | None = None,
                     **attack_params: Any) -> list[dict[str, Any]]:
     """Attack ``x`` once per eps and report accuracy, success and perturbation size.
 
@@ -65,6 +65,7 @@ def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None
         eps_list: radii to try; ``0`` gives the clean accuracy.
         value_range, batch_size, target: passed to the attack call.
         seed: the attack's seed.
+        indices: the images' global indices (their random keys; default ``0..n-1``).
         progress: progress bars over batches.
         on_result: called with each :class:`AttackResult` (e.g. to save example images).
         **attack_params: the attack's other hyper-parameters (``norm``, ``steps``, ...).
@@ -91,7 +92,7 @@ def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None
     rows = []
     for attack in attacks:
         result = attack(model, x, y, value_range=(low, high), batch_size=batch_size, target=target,
-                        progress=progress)
+                        indices=indices, progress=progress)
         rows.append(summarize(result))
         if on_result is not None:
             on_result(result)

@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+import weakref
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -118,17 +119,48 @@ def batches(n: int, batch_size: int):
 # ------------------------------------------------------------- logits and loss
 
 class Logits:
-    """A model seen as a function to logits, and how they were obtained.
+    """A model seen as a pure function of its weights and a batch of images to logits.
+
+    Compiled kernels never capture the live weights: they take
+    :meth:`state` as an argument and call :meth:`bind` on it, so one kernel
+    serves every weight update (training, a reloaded checkpoint) and never
+    attacks stale weights.
 
     Attributes:
-        fn: ``fn(x) -> logits`` written with ``keras.ops`` (safe inside compiled code).
+        fn: ``fn(x) -> logits`` written with ``keras.ops`` (reads the model's variables).
         kind: ``"logits"``, ``"logits (the final softmax removed)"`` or
             ``"log-probabilities (the model outputs probabilities)"``.
         num_classes: number of outputs.
+        variables: the model variables ``fn`` reads; their values are the state.
     """
 
-    def __init__(self, fn: Callable, kind: str, num_classes: int):
+    def __init__(self, fn: Callable, kind: str, num_classes: int, variables: Sequence, aliases: Sequence = ()):
         self.fn, self.kind, self.num_classes = fn, kind, num_classes
+        self.variables = list(variables)
+        # (a variable of a helper layer, the index of the model variable whose value it must read)
+        self._aliases = list(aliases)
+
+    def state(self) -> list:
+        """The current weight values: the first argument of every compiled kernel."""
+        return backend.model_state(self.variables)
+
+    def state_signature(self) -> list:
+        return [backend.spec(tuple(v.shape), v.dtype) for v in self.variables]
+
+    def bind(self, state) -> Callable:
+        """``x -> logits`` computed with the weight values ``state`` (inside compiled code).
+
+        The returned function carries ``num_classes`` like the :class:`Logits` it came from.
+        """
+        variables = self.variables + [alias for alias, _ in self._aliases]
+        values = list(state) + [state[index] for _, index in self._aliases]
+
+        def call(x):
+            with backend.stateless(variables, values):
+                return self.fn(x)
+
+        call.num_classes = self.num_classes
+        return call
 
     def __call__(self, x):
         return self.fn(x)
@@ -152,22 +184,23 @@ def _softmax_head(model):
     return None
 
 
-def _logits_without_softmax(model, head) -> Callable:
+def _logits_without_softmax(model, head) -> tuple[Callable, list]:
+    """``(fn, aliases)``: the model up to its softmax head, then the head without its activation."""
     features = keras.Model(model.inputs, head.input)
     if isinstance(head, (keras.layers.Softmax, keras.layers.Activation)):
-        return lambda x: features(x, training=False)
+        return (lambda x: features(x, training=False)), []
     if isinstance(head, keras.layers.Dense):
-        # Reuse the model's own weights, so later weight updates are seen.
         def dense_logits(x):
             z = ops.matmul(features(x, training=False), head.kernel)
             return z + head.bias if head.bias is not None else z
-        return dense_logits
-    # Any other layer with a softmax activation: a linear twin holding a copy of its weights.
+        return dense_logits, []
+    # Any other layer with a softmax activation: a linear twin whose variables read the head's values.
     config = dict(head.get_config(), activation="linear", name=f"{head.name}_logits")
     twin = type(head).from_config(config)
     twin.build(head.input.shape)
-    twin.set_weights(head.get_weights())
-    return lambda x: twin(features(x, training=False))
+    index = {id(v): i for i, v in enumerate(model.variables)}
+    aliases = [(t, index[id(h)]) for t, h in zip(twin.variables, head.variables)]
+    return (lambda x: twin(features(x, training=False))), aliases
 
 
 def model_logits(model, sample: np.ndarray) -> Logits:
@@ -181,8 +214,9 @@ def model_logits(model, sample: np.ndarray) -> Logits:
 
     def build(proxy):
         head = _softmax_head(model)
+        aliases = []
         if head is not None:
-            fn = _logits_without_softmax(model, head)
+            fn, aliases = _logits_without_softmax(model, head)
             kind = "logits (the final softmax removed)"
             warnings.warn(
                 f"Model {model.name!r} ends with a softmax ({head.name!r}); attacks use the logits before it, "
@@ -205,9 +239,28 @@ def model_logits(model, sample: np.ndarray) -> Logits:
                 "use their logarithm. Prefer a model that outputs logits: a saturated softmax has no gradient.",
                 stacklevel=4,
             )
-        return Logits(fn, kind, int(out.shape[1]))
+        return Logits(fn, kind, int(out.shape[1]), model.variables, aliases)
 
-    return backend.cached(model, ("logits",), build)
+    return cached(model, ("logits",), build)
+
+
+# Compiled kernels are cached per model, keyed by their configuration. The model is a weak key and
+# kernels reach it only through a weak proxy, so dropping a model frees its kernels. Kernels take the
+# weights as an argument (Logits.bind), so a cached kernel is never stale.
+_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def cached(model, key: tuple, build: Callable[[Any], Any]):
+    """``build(model_proxy)`` once per ``(model, key)``; later calls return the same object."""
+    per_model = _CACHE.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build(weakref.proxy(model))
+    return per_model[key]
+
+
+def cache_size(model) -> int:
+    """How many compiled kernels are cached for ``model`` (for tests and benchmarks)."""
+    return len(_CACHE.get(model, {}))
 
 
 def _log_probabilities(fn):
@@ -259,32 +312,54 @@ def success(logits, labels, *, targeted: bool = False):
 
 # ------------------------------------------------------------------- gradients
 
-def _margin_gradient_fn(model, logits: Logits, image_shape):
-    """Compiled ``(x, labels) -> (gradient of the margin loss, whether a gradient exists)``."""
+def class_logit(logits, labels):
+    """Per-example logit of ``labels`` (the score saliency maps differentiate)."""
+    return ops.sum(logits * ops.one_hot(labels, ops.shape(logits)[-1], dtype=logits.dtype), axis=-1)
+
+
+def _gradient_kernel(model, logits: Logits, image_shape, key: tuple, score: Callable):
+    """Compiled ``(state, x, labels) -> (d score / dx, whether a gradient exists)``, cached per (model, key).
+
+    ``score(logits, labels)`` gives one number per example. The gradient is
+    zeros and "exists" False when the score does not depend differentiably
+    on the input (known while tracing).
+    """
 
     def build(proxy):
-        def value(xt, yt):
-            z = logits(xt)
-            return margin(z, yt), z
-
-        def fn(x, labels):
-            _, grad, _ = backend.value_and_grad(value)(x, labels)
-            if grad is None:  # known while tracing: no differentiable path from the input
+        def fn(state, x, labels):
+            bound = logits.bind(state)
+            _, grad, _ = backend.value_and_grad(lambda xt, yt: (score(bound(xt), yt), None))(x, labels)
+            if grad is None:
                 return ops.zeros_like(x), False
             return grad, True
 
-        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
+        return backend.compile(fn, [logits.state_signature(), backend.spec((None,) + tuple(image_shape)),
+                                    backend.spec((None,), "int32")])
 
-    return backend.cached(model, ("margin_gradient", tuple(image_shape)), build)
+    return cached(model, ("gradient", key, tuple(image_shape)), build)
+
+
+def _gradients(model, logits: Logits, x: np.ndarray, y: np.ndarray | None, key: tuple, score: Callable,
+               batch_size: int = 256) -> tuple[np.ndarray, bool]:
+    """Per-example input gradients of ``score`` over ``x`` in batches; labels default to the predictions."""
+    kernel = _gradient_kernel(model, logits, x.shape[1:], key, score)
+    state = logits.state()
+    out, exists = np.empty_like(x), True
+    for s, e in batches(len(x), batch_size):
+        xb = backend.tensor(x[s:e])
+        yb = y[s:e] if y is not None else np.argmax(backend.to_numpy(logits(xb)), axis=1)
+        grad, ok = kernel(state, xb, backend.tensor(yb, "int32"))
+        out[s:e], exists = backend.to_numpy(grad), exists and bool(backend.to_numpy(ok))
+    return out, exists
 
 
 def check_gradients(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.0), limit: int = 64) -> None:
     """Refuse a model whose input gradient is missing or zero everywhere on ``x`` (its first ``limit`` images).
 
     The margin loss is used because it does not saturate, so a confident
-    but honest model still has a non-zero gradient. Attacks call this once
-    per call, on their first batch; it runs compiled and costs about one
-    gradient pass over ``limit`` images.
+    but honest model still has a non-zero gradient. Gradient attacks call
+    this once per call, on the images they attack first; it runs compiled
+    and costs about one gradient pass over ``limit`` images.
 
     Raises:
         RobustError: the gradient is ``None`` (an argmax, rounding or other
@@ -295,41 +370,23 @@ def check_gradients(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.
     logits = model_logits(model, x)
     y = check_labels(y, len(x), logits.num_classes)
     x, y = x[:limit], (None if y is None else y[:limit])
-    if y is None:
-        y = np.argmax(backend.to_numpy(logits(backend.tensor(x))), axis=1)
     refuse = ("Any robustness number measured this way would be meaningless: the attack would fail "
               "because it is blind, not because the model is robust (gradient masking, Athalye et al. 2018). "
               "Remove the non-differentiable layer (argmax, rounding, quantisation) for the attack, or "
-              "evaluate with a gradient-free or BPDA attack.")
+              "evaluate with a gradient-free attack such as Square (--attack square).")
     try:
-        grad, exists = _margin_gradient_fn(model, logits, x.shape[1:])(backend.tensor(x),
-                                                                         backend.tensor(y, "int32"))
-    except LookupError as exc:  # an operation without a registered gradient
+        grad, exists = _gradients(model, logits, x, y, ("margin",), margin)
+    except backend.GRADIENT_ERRORS as exc:  # an operation without a registered gradient
         raise RobustError(f"Model {model.name!r} contains an operation without a gradient "
                           f"({str(exc).splitlines()[0]}). {refuse}") from None
-    if not bool(backend.to_numpy(exists)):
+    if not exists:
         raise RobustError(f"Model {model.name!r} has no gradient with respect to its input: the output does "
                           f"not depend differentiably on the image (e.g. an argmax or rounding layer). {refuse}")
-    grad = backend.to_numpy(grad)
     if not np.all(np.isfinite(grad)):
         raise RobustError(f"Model {model.name!r} has a NaN or infinite input gradient on these images. {refuse}")
     if not np.any(grad):
         raise RobustError(f"Model {model.name!r} has an input gradient of exactly zero on all {len(x)} images "
                           f"checked (e.g. a rounding or step layer). {refuse}")
-
-
-def _gradient_fn(model, logits: Logits, loss: str, targeted: bool, image_shape):
-    def build(proxy):
-        def value(xt, yt):
-            z = logits(xt)
-            return objective(z, yt, loss=loss, targeted=targeted), z
-
-        def fn(x, labels):
-            _, grad, z = backend.value_and_grad(value)(x, labels)
-            return grad, z
-        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
-
-    return backend.cached(model, ("input_gradient", loss, targeted, tuple(image_shape)), build)
 
 
 def input_gradient(model, x, y=None, *, loss: str = "ce", targeted: bool = False,
@@ -358,27 +415,9 @@ def input_gradient(model, x, y=None, *, loss: str = "ce", targeted: bool = False
     x = check_images(model, x, check_value_range(value_range))
     logits = model_logits(model, x)
     y = check_labels(y, len(x), logits.num_classes)
-    fn = _gradient_fn(model, logits, loss, targeted, x.shape[1:])
-    out = np.empty_like(x)
-    for s, e in batches(len(x), batch_size):
-        xb = backend.tensor(x[s:e])
-        yb = y[s:e] if y is not None else np.argmax(backend.to_numpy(logits(xb)), axis=1)
-        grad, _ = fn(xb, backend.tensor(yb, "int32"))
-        out[s:e] = backend.to_numpy(grad)
-    return out
-
-
-def _score_gradient_fn(model, logits: Logits, image_shape):
-    def build(proxy):
-        def fn(x, labels):
-            def score(xt, yt):
-                z = logits(xt)
-                return ops.sum(z * ops.one_hot(yt, logits.num_classes, dtype=z.dtype), axis=-1), z
-            _, grad, _ = backend.value_and_grad(score)(x, labels)
-            return grad
-        return backend.compile(fn, [backend.spec((None,) + tuple(image_shape)), backend.spec((None,), "int32")])
-
-    return backend.cached(model, ("saliency", tuple(image_shape)), build)
+    grad, _ = _gradients(model, logits, x, y, ("objective", loss, targeted),
+                         lambda z, t: objective(z, t, loss=loss, targeted=targeted), batch_size)
+    return grad
 
 
 def saliency_map(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.0),
@@ -398,14 +437,10 @@ def saliency_map(model, x, y=None, *, value_range: Sequence[float] = (0.0, 1.0),
     x = check_images(model, x, check_value_range(value_range))
     logits = model_logits(model, x)
     y = check_labels(y, len(x), logits.num_classes)
-    fn = _score_gradient_fn(model, logits, x.shape[1:])
-    out = np.empty(x.shape[:3] if x.ndim == 4 else x.shape, dtype=np.float32)
-    for s, e in batches(len(x), batch_size):
-        xb = backend.tensor(x[s:e])
-        yb = y[s:e] if y is not None else np.argmax(backend.to_numpy(logits(xb)), axis=1)
-        g = np.abs(backend.to_numpy(fn(xb, backend.tensor(yb, "int32"))))
-        if g.ndim == 4:
-            g = g.max(axis=-1)
-        top = g.reshape(len(g), -1).max(axis=1).reshape((-1,) + (1,) * (g.ndim - 1))
-        out[s:e] = np.where(top > 0, g / np.where(top > 0, top, 1), 0)
+    grad, _ = _gradients(model, logits, x, y, ("class_logit",), class_logit, batch_size)
+    g = np.abs(grad)
+    if g.ndim == 4:
+        g = g.max(axis=-1)
+    top = g.reshape(len(g), -1).max(axis=1).reshape((-1,) + (1,) * (g.ndim - 1))
+    out = np.where(top > 0, g / np.where(top > 0, top, 1), 0).astype(np.float32)
     return out

@@ -1,8 +1,11 @@
-"""The end-to-end study behind ``robust run``: train (or reuse) the spec's models, attack them, report.
+"""The end-to-end study behind ``robust run``: plan the spec's cells, compute them, write the run folder.
 
-Every unit of work (a trained model, one model x attack x eps result, a
-model's checks and its example arrays) is written atomically to the run
-folder the moment it is done, so a run killed at any point continues with
+This module plans and writes; :mod:`robust.cells` and
+:func:`robust.training.train_cell` compute. A study is a plan of cells
+(models to train; model x attack over the eps grid; each model's checks and
+figure arrays), mapped through the pure cell functions. Every result (a
+trained model, each row of an attack cell, a model's checks and arrays) is
+written atomically to the run folder the moment its cell is done, so a run killed at any point continues with
 ``--resume`` and ends with the same ``results.json`` as an uninterrupted run
 (up to wall-clock fields: ``seconds``, ``started``, ``finished``). A second
 run into the same folder at the same time is refused through an OS file lock.
@@ -27,16 +30,20 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
+from robust import backend
 from robust.artifacts import atomic_path, write_json
+from robust.attacks import strongest as strongest_attack
+from robust.checks import sanity_checks
 from robust.errors import RobustError
+from robust.report import RESULTS_SCHEMA
 from robust.spec import Spec, settings_hash
 
-RESULTS_SCHEMA = "robust.results/1"
 LOCK_FILE = ".robust.lock"
 WALL_CLOCK_KEYS = ("seconds", "started", "finished", "train_seconds")
 
@@ -91,32 +98,40 @@ def _record_name(model_key: str, attack_key: str, eps: float) -> str:
     return f"{model_key}__{attack_key}__eps{eps:.6f}.json"
 
 
-def _device() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"{len(gpus)} GPU(s): " + ", ".join(g.name for g in gpus) if gpus else f"CPU ({os.cpu_count()} cores)"
+def _map(fn: Callable, cells: list) -> Iterator:
+    """In-process ``map``: the engine that computes cells (results come back in order)."""
+    return map(fn, cells)
 
 
 @dataclasses.dataclass
 class Study:
+    """Plans a spec's cells, maps the pure cell functions over them, and alone writes the run folder.
+
+    Attributes:
+        spec: the validated spec.
+        out: the run folder.
+        progress: progress bars on stderr.
+        echo: where one-line messages go.
+        mapper: ``mapper(fn, cells)`` yields ``fn(cell)`` for each cell in order; the in-process
+            ``map`` by default (another engine can compute the same cells elsewhere).
+    """
+
     spec: Spec
     out: Path
     progress: bool = True
     echo: Callable[[str], None] = print
+    mapper: Callable[[Callable, list], Iterator] = _map
 
     def run(self, *, resume: bool = False, force: bool = False, render: bool = True) -> dict:
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         with run_lock(self.out):
             _prepare_folder(self.out, self.spec, resume=resume, force=force)
-            data = self._load_data()
+            data = self._data()
             self.echo(f"Data: {data['dataset'].describe()}")
-            self.echo(f"Attacked: {len(data['y'])} test images (class-balanced, seed {self.spec.seed})")
-            self.echo(f"Device: {_device()}")
-            models = {}
-            for entry in self.spec.models:
-                models[entry.key] = self._model(entry, data["dataset"])
+            self.echo(f"Attacked: {len(data['indices'])} test images (class-balanced, seed {self.spec.seed})")
+            self.echo(f"Device: {backend.device()['description']}")
+            models = self._models(data)
             self._attack_all(models, data)
             results = self.assemble(models, data, started=started, seconds=time.perf_counter() - t0)
             write_json(self.out / "results.json", results)
@@ -127,185 +142,135 @@ class Study:
             self.echo(f"Report: {paths['html']}")
         return results
 
-    # -- data and models -------------------------------------------------
+    # -- planning ----------------------------------------------------------
 
-    def _load_data(self) -> dict:
-        from robust.data import balanced_indices, load_dataset
+    def _data(self) -> dict:
+        from robust.cells import DataRef, study_data
+        from robust.data import balanced_indices
 
-        ds = load_dataset(self.spec.dataset, self.spec.data_path)
-        if self.spec.train_limit:
-            idx = balanced_indices(ds.y_train, self.spec.train_limit, self.spec.seed)
-            ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx],
-                                     source=f"{ds.source} (train subset {len(idx)}, seed {self.spec.seed})")
+        ref = DataRef(self.spec.dataset, self.spec.data_path, self.spec.train_limit, self.spec.seed)
+        ds = study_data(ref.dataset, ref.data_path, train_limit=ref.train_limit, seed=ref.seed)
         idx = balanced_indices(ds.y_test, self.spec.test_limit or len(ds.y_test), self.spec.seed)
-        return {"dataset": ds, "x": ds.x_test[idx], "y": ds.y_test[idx], "test_indices": idx}
+        return {"dataset": ds, "ref": ref, "indices": tuple(int(i) for i in idx), "y": ds.y_test[idx]}
 
-    def _model(self, entry, dataset) -> dict:
-        """Train the model, load it when one with the same settings is in the folder, or load a ready model."""
-        from robust.artifacts import load_model, read_card
-        from robust.summary import summarize
+    def _train_cell(self, entry, data) -> tuple:
+        from robust.training import TrainCell
 
-        if entry.ref:
-            return self._ready_model(entry, dataset)
-        folder = self.out / "models" / entry.key
-        settings = {"model": entry.name, "options": entry.options, "dataset": dataset.name,
-                    "data_source": dataset.source, "train_size": len(dataset.y_train), "epochs": entry.epochs,
-                    "batch_size": entry.batch_size, "lr": entry.lr, "seed": self.spec.seed}
-        wanted = settings_hash(settings)
-        saved = folder / "settings.json"
-        card = read_card(folder) if folder.is_dir() else None
-        if card and saved.is_file() and json.loads(saved.read_text()).get("hash") == wanted:
-            model, card = load_model(folder)
-            self.echo(f"Model {entry.label}: reusing {folder} (same settings), test accuracy {card['test_accuracy']:.4f}")
-        else:
-            from robust.training import train
+        cell = TrainCell(model=entry.name, options=tuple(sorted(entry.options.items())), dataset=self.spec.dataset,
+                         data_path=self.spec.data_path, train_limit=self.spec.train_limit, epochs=entry.epochs,
+                         batch_size=entry.batch_size, lr=entry.lr, seed=self.spec.seed)
+        ds = data["dataset"]
+        settings = {"model": entry.name, "options": entry.options, "dataset": ds.name, "data_source": ds.source,
+                    "train_size": len(ds.y_train), "epochs": entry.epochs, "batch_size": entry.batch_size,
+                    "lr": entry.lr, "seed": self.spec.seed}
+        return cell, settings
 
+    def _models(self, data) -> dict:
+        """Every model's reference and card: trained models are trained (or reused) first."""
+        from robust.artifacts import read_card
+        from robust.cells import ModelRef
+        from robust.training import train_cell
+
+        plans, todo = {}, []
+        for entry in self.spec.models:
+            if entry.ref:
+                plans[entry.key] = {"entry": entry, "folder": None,
+                                    "ref": ModelRef(entry.ref, entry.value_range, entry.unsafe)}
+                continue
+            folder = self.out / "models" / entry.key
+            cell, settings = self._train_cell(entry, data)
+            plans[entry.key] = {"entry": entry, "folder": folder, "ref": ModelRef(str(folder))}
+            saved = folder / "settings.json"
+            card = read_card(folder) if folder.is_dir() else None
+            if card and saved.is_file() and json.loads(saved.read_text()).get("hash") == settings_hash(settings):
+                self.echo(f"Model {entry.label}: reusing {folder} (same settings), test accuracy "
+                          f"{card['test_accuracy']:.4f}")
+                continue
             self.echo(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs")
-            result = train(entry.name, dataset, epochs=entry.epochs, batch_size=entry.batch_size, lr=entry.lr,
-                           seed=self.spec.seed, out_dir=folder, model_options=entry.options,
-                           progress=self.progress, data_path=self.spec.data_path, limit=self.spec.train_limit)
-            model, card = result.model, result.card
-            write_json(saved, {"hash": wanted, "settings": settings})
-            self.echo(f"Model {entry.label}: test accuracy {card['test_accuracy']:.4f} ({card['seconds']:.0f} s)")
-        return {"entry": entry, "model": model, "card": card, "folder": folder, "kind": _model_kind(entry.name),
-                "summary": summarize(model).to_dict()}
+            todo.append((entry.key, cell, settings))
+        for (key, _, settings), trained in zip(todo, self.mapper(partial(train_cell, progress=self.progress),
+                                                                  [c for _, c, _ in todo])):
+            _save_trained(plans[key]["folder"], trained, settings)
+            self.echo(f"Model {plans[key]['entry'].label}: test accuracy {trained.card['test_accuracy']:.4f} "
+                      f"({trained.card['seconds']:.0f} s)")
+        for key, plan in plans.items():
+            plan.update(self._describe(plan, data))
+        return plans
 
-    def _ready_model(self, entry, dataset) -> dict:
-        """A model we did not train (a file, a factory, a plugin): checked, measured, never trained."""
-        from robust.models import check_model_input, count_params
-        from robust.plugins import load_model_ref
+    def _describe(self, plan, data) -> dict:
+        """A model's card, kind and architecture summary (a ready model's card is measured here)."""
+        from robust.artifacts import read_card
+        from robust.cells import describe_ready, load_ref
         from robust.summary import summarize
 
-        loaded = load_model_ref(entry.ref, value_range=entry.value_range, unsafe=entry.unsafe)
-        self.echo(f"Model {entry.label}: {loaded.describe()}")
-        model = loaded.model
-        check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
-        lo, hi = loaded.value_range
-        x = scale_to(dataset.x_test, (lo, hi))
-        logits = np.asarray(model.predict(x, batch_size=256, verbose=0))
-        card = {"model": loaded.name, "source": loaded.source, "value_range": [lo, hi],
-                "value_range_source": loaded.value_range_source, "params": count_params(model),
-                "test_accuracy": float(np.mean(logits.argmax(1) == dataset.y_test)), "epochs": None,
-                "seconds": None, "outputs": loaded.outputs,
-                "class_names": list(loaded.class_names) if loaded.class_names else None}
-        return {"entry": entry, "model": model, "card": card, "folder": None, "kind": loaded.kind,
-                "summary": summarize(model).to_dict()}
+        loaded = load_ref(plan["ref"])
+        if plan["folder"] is not None:
+            card, kind = read_card(plan["folder"]), _model_kind(plan["entry"].name)
+        else:
+            self.echo(f"Model {plan['entry'].label}: {loaded.describe()}")
+            card, kind = describe_ready(loaded, data["dataset"]), loaded.kind
+        return {"card": card, "kind": kind, "summary": summarize(loaded.model).to_dict()}
 
-    # -- attacks ---------------------------------------------------------
+    def _cells(self, models: dict, data: dict) -> tuple[list, list]:
+        """The attack cells (model x attack over the whole eps grid) and the per-model extras cells."""
+        from robust.cells import AttackCell, ExtrasCell
+
+        eps = tuple(sorted(self.spec.eps))
+        attacks = [AttackCell(key, m["ref"], data["ref"], a.name, a.key, tuple(sorted(a.params.items())), eps,
+                              data["indices"], self.spec.seed) for key, m in models.items() for a in self.spec.attacks]
+        strongest = self.spec.attacks[strongest_attack([a.name for a in self.spec.attacks])]
+        f = self.spec.fooling
+        extras = [ExtrasCell(key, m["ref"], data["ref"], data["indices"], strongest.name,
+                             tuple(sorted(strongest.params.items())), float(self.spec.report["example_eps"]),
+                             int(self.spec.report["examples"]), int(self.spec.report["saliency"]),
+                             tuple(sorted(f.items())) if f["enabled"] else None, self.spec.seed)
+                  for key, m in models.items()]
+        return attacks, extras
+
+    # -- computing through the mapper, writing here --------------------------
 
     def _attack_all(self, models: dict, data: dict) -> None:
         from tqdm.auto import tqdm
 
-        from robust.evaluation import evaluate_attack
+        from robust.cells import run_cell
 
-        units = [(m, a, e) for m in models for a in self.spec.attacks for e in self.spec.eps]
+        attack_cells, extras_cells = self._cells(models, data)
         records = self.out / "records"
         records.mkdir(exist_ok=True)
-        todo = [u for u in units if not (records / _record_name(u[0], u[1].key, u[2])).exists()]
-        extra = [m for m in models if not (records / f"{m}__checks.json").exists()
-                 or not (self.out / "arrays" / f"{m}.npz").exists()]
-        if len(todo) < len(units):
-            self.echo(f"Resuming: {len(units) - len(todo)} of {len(units)} attack results already done")
-        bar = tqdm(total=len(todo) + len(extra), desc="study", unit="result", disable=not self.progress)
-        for model_key, attack, eps in todo:
-            m = models[model_key]
-            bar.set_postfix_str(f"{model_key} {attack.key} eps={eps:g}")
-            value_range = tuple(m["card"].get("value_range", (0.0, 1.0)))
-            [row] = evaluate_attack(m["model"], attack.name, scale_to(data["x"], value_range), data["y"], [eps],
-                                    value_range=value_range, seed=self.spec.seed, **attack.params)
-            row = {"model": model_key, "attack_key": attack.key, **row}
-            write_json(records / _record_name(model_key, attack.key, eps), row)
-            bar.update()
-        for model_key in extra:
-            bar.set_postfix_str(f"{model_key} checks, examples, fooling images")
-            self._model_extras(models[model_key], data)
+        todo = [c for c in attack_cells
+                if not all((records / _record_name(c.model_key, c.attack_key, e)).exists() for e in c.eps)]
+        extra = [c for c in extras_cells if not (records / f"{c.model_key}__checks.json").exists()
+                 or not (self.out / "arrays" / f"{c.model_key}.npz").exists()]
+        rows = [(c.model_key, c.attack_key, e) for c in attack_cells for e in c.eps]
+        done = sum((records / _record_name(*r)).exists() for r in rows)
+        if done:
+            self.echo(f"Resuming: {done} of {len(rows)} attack results already done "
+                      f"({len(attack_cells) - len(todo)} of {len(attack_cells)} model x attack cells complete)")
+        bar = tqdm(total=len(todo) + len(extra), desc="study", unit="cell", disable=not self.progress)
+        for cell, result in zip(todo + extra, self.mapper(run_cell, todo + extra)):
+            bar.set_postfix_str(f"{cell.model_key} {getattr(cell, 'attack_key', 'checks, examples, fooling')}")
+            for row in result.rows:
+                write_json(records / _record_name(row["model"], row["attack_key"], row["eps"]), row)
+            if result.checks is not None:
+                self._write_extras(cell.model_key, result)
             bar.update()
         bar.close()
 
-    def _strongest_attack(self):
-        pgd = [a for a in self.spec.attacks if a.name == "pgd"]
-        return pgd[-1] if pgd else self.spec.attacks[-1]
-
-    def _model_extras(self, m: dict, data: dict) -> None:
-        """The gradient-masking checks that need new computation, and the arrays behind the figures."""
-        from robust.attacks import FoolingImages, get_attack
-        from robust.gradients import saliency_map
-
-        spec, model, key = self.spec, m["model"], m["entry"].key
-        lo, hi = (float(v) for v in m["card"].get("value_range", (0.0, 1.0)))
-        x, y = scale_to(data["x"], (lo, hi)), data["y"]
-
-        strongest = self._strongest_attack()
-        checks = gradient_checks(model, x, y, value_range=(lo, hi), seed=spec.seed,
-                                 attack_params=strongest.params if strongest.name == "pgd" else {})
-        write_json(self.out / "records" / f"{key}__checks.json", checks)
-
-        # Arrays for the figures: adversarial examples, saliency, first-layer filters, fooling images.
-        k = min(spec.report["examples"], len(x))
-        ex_attack = get_attack(strongest.name, eps=float(spec.report["example_eps"]), seed=spec.seed,
-                               **strongest.params)
-        ex = ex_attack(model, x[:k], y[:k], value_range=(lo, hi))
-        clean_prob = _probabilities(model, x[:k], outputs=m["card"].get("outputs", "logits"))
-        unit = lambda a: ((np.asarray(a, np.float32) - lo) / (hi - lo))  # noqa: E731  figures show [0, 1]
-        s = min(spec.report["saliency"], len(x))
-        arrays = {
-            "example_x": unit(x[:k]), "example_y": y[:k], "example_adv": unit(ex.x_adv),
-            "example_clean_pred": clean_prob.argmax(1), "example_clean_conf": clean_prob.max(1),
-            "example_adv_pred": ex.adv_pred, "example_adv_conf": ex.adv_confidence,
-            "saliency_x": unit(x[:s]), "saliency_y": y[:s],
-            "saliency": saliency_map(model, x[:s], y[:s], value_range=(lo, hi)),
-            "filters": first_layer_filters(model, x.shape[1:]),
-        }
-        if spec.fooling["enabled"]:
-            f = spec.fooling
-            fool = FoolingImages(threshold=float(f["threshold"]), max_steps=int(f["max_steps"]),
-                                 **({"step_size": f["step_size"]} if f["step_size"] else {}),
-                                 l2_decay=float(f["l2_decay"]), blur_every=int(f["blur_every"]),
-                                 jitter=int(f["jitter"]), seed=spec.seed)
-            classes = None if f["classes"] == "all" else list(f["classes"])
-            fr = fool(model, classes=classes, seeds=int(f["seeds"]), value_range=(lo, hi))
-            arrays.update(fooling_images=unit(fr.images), fooling_target=fr.target, fooling_confidence=fr.confidence,
-                          fooling_steps=fr.steps, fooling_reached=fr.reached)
+    def _write_extras(self, key: str, result) -> None:
         (self.out / "arrays").mkdir(exist_ok=True)
         with atomic_path(self.out / "arrays" / f"{key}.npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **{k2: np.asarray(v) for k2, v in arrays.items()})
+                np.savez_compressed(fh, **{k: np.asarray(v) for k, v in result.arrays.items()})
+        write_json(self.out / "records" / f"{key}__checks.json", result.checks)
 
-    # -- results ---------------------------------------------------------
+    # -- results -------------------------------------------------------------
 
     def assemble(self, models: dict, data: dict, *, started: str, seconds: float) -> dict:
-        from robust.training import versions
-
         ds = data["dataset"]
-        records = []
-        for key in models:
-            for attack in self.spec.attacks:
-                for eps in self.spec.eps:
-                    records.append(json.loads((self.out / "records" / _record_name(key, attack.key, eps)).read_text()))
-        model_info = {}
-        for key, m in models.items():
-            checks_raw = json.loads((self.out / "records" / f"{key}__checks.json").read_text())
-            arrays = np.load(self.out / "arrays" / f"{key}.npz", allow_pickle=False)
-            fooling = []
-            if "fooling_target" in arrays.files:
-                for t, c, st, r in zip(arrays["fooling_target"], arrays["fooling_confidence"],
-                                       arrays["fooling_steps"], arrays["fooling_reached"]):
-                    fooling.append({"class": int(t), "class_name": ds.class_names[int(t)],
-                                    "confidence": round(float(c), 6), "steps": int(st), "reached": bool(r)})
-            card = m["card"]
-            model_info[key] = {
-                "label": m["entry"].label, "name": m["entry"].name, "options": m["entry"].options,
-                "kind": m["kind"], "folder": str(m["folder"].relative_to(self.out)) if m["folder"] else None,
-                "ref": m["entry"].ref, "value_range": list(m["card"].get("value_range", (0.0, 1.0))),
-                "value_range_source": m["card"].get("value_range_source", "trained by robust on [0, 1] images"),
-                "class_names": m["card"].get("class_names") if m["entry"].ref else None,  # a ready model's own names
-                "params": card["params"], "test_accuracy": card["test_accuracy"],
-                "subset_clean_accuracy": next(r["clean_accuracy"] for r in records if r["model"] == key),
-                "epochs": card["epochs"], "train_seconds": card.get("seconds"),
-                "summary": m["summary"], "raw_checks": checks_raw,
-                "checks": sanity_checks([r for r in records if r["model"] == key], checks_raw, ds.num_classes),
-                "fooling": fooling, "arrays": f"arrays/{key}.npz",
-            }
+        records = [json.loads((self.out / "records" / _record_name(key, a.key, e)).read_text())
+                   for key in models for a in self.spec.attacks for e in self.spec.eps]
+        model_info = {key: self._model_info(key, m, [r for r in records if r["model"] == key], ds)
+                      for key, m in models.items()}
         return {
             "schema": RESULTS_SCHEMA,
             "name": self.spec.name,
@@ -316,8 +281,8 @@ class Study:
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(seconds, 1),
                 "seed": self.spec.seed,
-                "device": _device(),
-                "versions": versions(),
+                "device": backend.device()["description"],
+                "versions": backend.versions(),
                 "data": {"dataset": ds.name, "source": ds.source, "train_size": int(len(ds.y_train)),
                          "test_size_total": int(len(ds.y_test)), "attacked": int(len(data["y"])),
                          "input_shape": list(ds.input_shape), "value_range": list(ds.value_range),
@@ -327,132 +292,44 @@ class Study:
             "records": records,
         }
 
+    def _model_info(self, key: str, m: dict, records: list[dict], ds) -> dict:
+        checks_raw = json.loads((self.out / "records" / f"{key}__checks.json").read_text())
+        arrays = np.load(self.out / "arrays" / f"{key}.npz", allow_pickle=False)
+        fooling = []
+        if "fooling_target" in arrays.files:
+            for t, c, st, r in zip(arrays["fooling_target"], arrays["fooling_confidence"],
+                                   arrays["fooling_steps"], arrays["fooling_reached"]):
+                fooling.append({"class": int(t), "class_name": ds.class_names[int(t)],
+                                "confidence": round(float(c), 6), "steps": int(st), "reached": bool(r)})
+        card, entry = m["card"], m["entry"]
+        return {
+            "label": entry.label, "name": entry.name, "options": entry.options,
+            "kind": m["kind"], "folder": str(m["folder"].relative_to(self.out)) if m["folder"] else None,
+            "ref": entry.ref, "value_range": list(card.get("value_range", (0.0, 1.0))),
+            "value_range_source": card.get("value_range_source", "trained by robust on [0, 1] images"),
+            "class_names": card.get("class_names") if entry.ref else None,  # a ready model's own names
+            "params": card["params"], "test_accuracy": card["test_accuracy"],
+            "subset_clean_accuracy": records[0]["clean_accuracy"],
+            "epochs": card["epochs"], "train_seconds": card.get("seconds"),
+            "summary": m["summary"], "raw_checks": checks_raw,
+            "checks": sanity_checks(records, checks_raw, ds.num_classes),
+            "fooling": fooling, "arrays": f"arrays/{key}.npz",
+        }
+
+
+def _save_trained(folder: Path, trained, settings: dict) -> None:
+    """Write a trained cell's model file and card (atomically, the card last), then its settings."""
+    from robust.artifacts import save_trained_bytes
+
+    save_trained_bytes(folder, trained.keras_bytes, trained.card)
+    write_json(folder / "settings.json", {"hash": settings_hash(settings), "settings": settings})
+
 
 def _model_kind(name: str) -> str:
     from robust.models import registry
 
     spec = registry().get(name)
     return spec.kind if spec else "unknown"
-
-
-def scale_to(x: np.ndarray, value_range) -> np.ndarray:
-    """Map images in [0, 1] to a model's input range [lo, hi]."""
-    lo, hi = (float(v) for v in value_range)
-    return x if (lo, hi) == (0.0, 1.0) else (lo + x * (hi - lo)).astype(np.float32)
-
-
-def _probabilities(model, x: np.ndarray, *, outputs: str = "logits") -> np.ndarray:
-    """Class probabilities of a model that outputs logits (softmax applied) or probabilities (used as they are)."""
-    z = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float64)
-    if outputs == "probabilities":
-        return z
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def first_layer_filters(model, input_shape) -> np.ndarray:
-    """The first layer's weights as images: conv kernels (k, k, C) or dense weight templates (H, W, C).
-
-    Returns up to 16 arrays, each scaled to [0, 1], shape (n, h, w, C).
-    """
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            kernel = np.asarray(layer.kernel)                  # (kh, kw, cin, cout)
-            f = np.moveaxis(kernel, -1, 0)[:16]
-            break
-        if isinstance(layer, keras.layers.Dense):
-            kernel = np.asarray(layer.kernel)                  # (inputs, units)
-            if kernel.shape[0] != int(np.prod(input_shape)):
-                return np.zeros((0, 1, 1, 1), np.float32)
-            f = kernel.T[:16].reshape(-1, *input_shape)
-            break
-    else:
-        return np.zeros((0, 1, 1, 1), np.float32)
-    lo = f.min(axis=(1, 2, 3), keepdims=True)
-    hi = f.max(axis=(1, 2, 3), keepdims=True)
-    return ((f - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
-
-
-def gradient_checks(model, x: np.ndarray, y: np.ndarray, *, value_range=(0.0, 1.0), seed: int = 0,
-                    attack_params: dict | None = None, n_full: int = 200) -> dict:
-    """Measure what the masking checks need beyond the attack results.
-
-    Returns the fraction of images whose input gradient is exactly zero, and
-    the accuracy under a PGD-10 attack whose eps spans the whole value range
-    (any image is reachable, so a working attack must reach chance or below).
-    """
-    from robust.attacks import get_attack
-    from robust.gradients import input_gradient
-
-    lo, hi = (float(v) for v in value_range)
-    grads = input_gradient(model, x, y, value_range=(lo, hi))
-    zero = np.all(grads.reshape(len(x), -1) == 0, axis=1)
-    params = {k: v for k, v in (attack_params or {}).items() if k in ("norm", "loss")}
-    if params.get("norm", "inf") != "inf":
-        params["norm"] = "inf"  # the whole-range ball is an L-inf ball
-    n_full = min(len(x), n_full)
-    attack = get_attack("pgd", eps=hi - lo, steps=10, seed=seed, **params)
-    res = attack(model, x[:n_full], y[:n_full], value_range=(lo, hi))
-    return {
-        "zero_gradient_fraction": float(zero.mean()),
-        "n_gradient": int(len(x)),
-        "full_range": {"eps": hi - lo, "attack": "pgd", "steps": 10, "n": n_full,
-                       "adversarial_accuracy": float(np.mean(res.adv_pred == y[:n_full]))},
-    }
-
-
-def _status(ok: bool, warn: bool) -> str:
-    return "pass" if ok else ("warn" if warn else "fail")
-
-
-def sanity_checks(records: list[dict], raw: dict, num_classes: int) -> list[dict]:
-    """The classic gradient-masking checks of one model, each pass / warn / fail with its numbers.
-
-    Carlini et al. 2019 ("On evaluating adversarial robustness") and Athalye et
-    al. 2018 list them: an iterative attack weaker than a one-step attack,
-    accuracy that rises with eps, an unbounded attack that cannot reach chance,
-    and vanishing gradients all mean the attack failed, not that the model is robust.
-    """
-    out = []
-    n = max((r["n"] for r in records), default=1)
-    tol = max(0.01, 1.0 / n)
-    by = {}
-    for r in records:
-        by.setdefault(r["attack_key"], {})[r["eps"]] = r["adversarial_accuracy"]
-
-    fgsm = [k for k in by if k.startswith("fgsm")]
-    pgd = [k for k in by if k.startswith("pgd")]
-    if fgsm and pgd:
-        worst = max((by[p][e] - by[f][e], e, p, f) for p in pgd for f in fgsm for e in by[p] if e in by[f])
-        gap, eps, p, f = worst
-        out.append({"check": "PGD at least as strong as FGSM at every eps",
-                    "status": _status(gap <= tol, gap <= 3 * tol),
-                    "detail": f"largest excess of {p} over {f} accuracy: {gap * 100:+.1f} points at eps={eps:g} "
-                              f"(tolerance {tol * 100:.1f})"})
-    rises = []
-    for k, accs in by.items():
-        es = sorted(accs)
-        rises += [(accs[b] - accs[a], k, a, b) for a, b in zip(es, es[1:])]
-    if rises:
-        rise, k, a, b = max(rises)
-        out.append({"check": "accuracy non-increasing in eps",
-                    "status": _status(rise <= tol, rise <= 3 * tol),
-                    "detail": f"largest rise: {rise * 100:+.1f} points ({k}, eps {a:g} -> {b:g})"})
-    full = raw["full_range"]
-    chance = 1.0 / num_classes
-    acc = full["adversarial_accuracy"]
-    out.append({"check": "eps covering the whole value range drives accuracy to chance or below",
-                "status": _status(acc <= chance + tol, acc <= 2 * chance),
-                "detail": f"PGD-{full['steps']} at eps={full['eps']:g}: accuracy {acc * 100:.1f}% on {full['n']} "
-                          f"images (chance {chance * 100:.1f}%)"})
-    z = raw["zero_gradient_fraction"]
-    out.append({"check": "no large fraction of zero input gradients",
-                "status": _status(z <= 0.01, z <= 0.10),
-                "detail": f"{z * 100:.1f}% of {raw['n_gradient']} images have an input gradient of exactly zero"})
-    return out
 
 
 def strip_wall_clock(obj):

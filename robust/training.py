@@ -1,21 +1,23 @@
-"""Training a zoo model on a dataset: seeded tf.data pipeline, best checkpoint, model card.
+"""Training a zoo model on a dataset: seeded input pipeline, best checkpoint, model card.
 
 :func:`train` is what ``robust train`` runs. It holds out a class-balanced,
 seeded part of the train split for validation, fits with AdamW and a cosine
 learning-rate decay, keeps the weights of the epoch with the best validation
 accuracy (the test split is only used once, at the end, to report clean
-accuracy) and writes ``model.keras`` and ``model.json`` atomically.
+accuracy) and returns the model with its card; writing them is the caller's
+business (:func:`robust.artifacts.save_trained`). :func:`train_cell` is the
+same as a pure function of a picklable :class:`TrainCell`, for the study.
 
-It uses every GPU TensorFlow sees (one: the default strategy; several:
-``tf.distribute.MirroredStrategy``), optionally in mixed precision, and the
-CPU otherwise. The same seed gives the same split, initial weights and batch
-order, so a run on the same device can be repeated.
+It uses every GPU the backend sees (several: a mirrored strategy, see
+:mod:`robust.backend`), optionally in mixed precision, and the CPU otherwise.
+The same seed gives the same split, initial weights and batch order, so a
+run on the same device can be repeated.
 
 Example:
 
     >>> from robust.data import load_dataset
     >>> from robust.training import train
-    >>> result = train("lenet5", load_dataset("mnist"), out_dir="runs/lenet5_mnist")  # doctest: +SKIP
+    >>> result = train("lenet5", load_dataset("mnist"))  # doctest: +SKIP
     >>> result.card["test_accuracy"]  # doctest: +SKIP
     0.9911
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from robust import backend
 from robust.data import Dataset, balanced_indices
 from robust.errors import RobustError
 
@@ -77,7 +79,6 @@ class TrainResult:
         history: per-epoch metrics (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
         epoch_seconds: wall time of each epoch (training plus validation).
         epoch_cpu_seconds: CPU time of the process (all threads) in each epoch.
-        out_dir: where the model was written, or ``None``.
     """
 
     model: Any
@@ -85,12 +86,11 @@ class TrainResult:
     history: dict[str, list[float]]
     epoch_seconds: list[float]
     epoch_cpu_seconds: list[float]
-    out_dir: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DevicePlan:
-    """Where training runs: a description of the device and the tf.distribute strategy."""
+    """Where training runs: a description of the device and the distribution strategy."""
 
     device: str
     strategy_name: str
@@ -99,32 +99,10 @@ class DevicePlan:
 
 
 def select_device() -> DevicePlan:
-    """The strategy for the devices TensorFlow sees: GPUs when present, else the CPU."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return DevicePlan(f"CPU ({cores} cores)", "default (one device)", tf.distribute.get_strategy(), 0)
-    names = []
-    for gpu in gpus:
-        try:
-            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
-        except Exception:  # details are cosmetic; some platforms do not report them
-            names.append(gpu.name)
-    device = f"GPU x{len(gpus)} ({', '.join(sorted(set(names)))})"
-    if len(gpus) == 1:
-        return DevicePlan(device, "default (one device)", tf.distribute.get_strategy(), 1)
-    return DevicePlan(device, f"MirroredStrategy ({len(gpus)} replicas)", tf.distribute.MirroredStrategy(), len(gpus))
-
-
-def versions() -> dict[str, str]:
-    import tensorflow as tf
-
-    from robust import __version__
-
-    return {"robust": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    """The strategy for the devices the backend sees: GPUs when present, else the CPU."""
+    found = backend.device()
+    name, strategy = backend.distribution(found["gpus"])
+    return DevicePlan(found["description"], name, strategy, found["gpus"])
 
 
 def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,22 +114,7 @@ def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return fit, val
 
 
-def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
-    """A tf.data pipeline of (images, labels) batches; reshuffled every epoch when ``shuffle_seed`` is set.
-
-    Indices are shuffled and batched, then each batch is gathered from the
-    arrays held once in host memory, so no shuffle buffer copies the images.
-    """
-    import tensorflow as tf
-
-    with tf.device("/cpu:0"):
-        xs, ys = tf.constant(x), tf.constant(np.asarray(y, dtype=np.int32))
-    ds = tf.data.Dataset.range(len(x))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+make_pipeline = backend.pipeline
 
 
 def compile_for_training(model, *, lr: float, total_steps: int, weight_decay: float = WEIGHT_DECAY,
@@ -169,7 +132,7 @@ def compile_for_training(model, *, lr: float, total_steps: int, weight_decay: fl
                   metrics=["accuracy"])
 
 
-def _check_args(epochs, batch_size, lr, validation_fraction, out_dir, tensorboard, dataset) -> None:
+def _check_args(epochs, batch_size, lr, validation_fraction, tensorboard, dataset) -> None:
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise RobustError(f"epochs must be a positive integer; received epochs={epochs!r}.")
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -178,20 +141,18 @@ def _check_args(epochs, batch_size, lr, validation_fraction, out_dir, tensorboar
         raise RobustError(f"lr (learning rate) must be a positive number such as 0.001; received lr={lr!r}.")
     if not 0 < validation_fraction < 1:
         raise RobustError(f"validation_fraction must be between 0 and 1 (e.g. 0.1); received {validation_fraction!r}.")
-    for flag, path in (("out_dir", out_dir), ("tensorboard", tensorboard)):
-        if path is not None and Path(path).exists() and not Path(path).is_dir():
-            raise RobustError(f"{flag} must be a folder; {path} exists and is a file. Choose another path.")
+    if tensorboard is not None and Path(tensorboard).exists() and not Path(tensorboard).is_dir():
+        raise RobustError(f"tensorboard must be a folder; {tensorboard} exists and is a file. Choose another path.")
     if len(dataset.x_train) < 2 or len(dataset.x_test) < 1:
         raise RobustError(f"Training needs at least 2 train images and 1 test image; {dataset.describe()}.")
 
 
 def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch_size: int = 128,
-          lr: float | None = None, seed: int = 0, out_dir: str | os.PathLike | None = None,
-          model_options: dict | None = None, tensorboard: str | os.PathLike | None = None,
-          mixed_precision: bool = False, progress: bool = True, data_path: str | os.PathLike | None = None,
-          limit: int | None = None, validation_fraction: float = 0.1,
+          lr: float | None = None, seed: int = 0, model_options: dict | None = None,
+          tensorboard: str | os.PathLike | None = None, mixed_precision: bool = False, progress: bool = True,
+          data_path: str | os.PathLike | None = None, limit: int | None = None, validation_fraction: float = 0.1,
           log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train zoo model ``model_name`` on ``dataset`` and optionally write it to ``out_dir``.
+    """Train zoo model ``model_name`` on ``dataset``; nothing is written (see :func:`robust.artifacts.save_trained`).
 
     Args:
         model_name: a name of the zoo (``robust models``).
@@ -201,10 +162,9 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         batch_size: images per step (global, over all replicas).
         lr: initial learning rate of AdamW, decayed to 0 along a cosine; default per model.
         seed: seeds the validation split, weight initialisation and batch order.
-        out_dir: folder for ``model.keras`` and ``model.json``; nothing is written when ``None``.
         model_options: builder options of the model (``{"width": 0.25}``).
         tensorboard: folder for TensorBoard logs (epoch scalars, ``train/`` and ``validation/``).
-        mixed_precision: compute in float16 on GPUs (ignored on the CPU); the saved model is float32.
+        mixed_precision: compute in float16 on GPUs (ignored on the CPU); the returned model is float32.
         progress: show a progress bar per epoch on stderr.
         data_path: the ``--data`` path the dataset came from, recorded in the card.
         limit: the ``--limit`` the dataset was cut to, recorded in the card.
@@ -218,15 +178,14 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         RobustError: unknown model or option, a model that cannot take the dataset's
             images, or bad argument values.
     """
-    from robust.models import build_model, check_model_input, count_params, get_spec
+    from robust.models import get_spec
 
     say = log or (lambda line: None)
-    spec = get_spec(model_name)
-    defaults = defaults_for(spec.name)
+    defaults = defaults_for(get_spec(model_name).name)
     epochs = defaults.epochs if epochs is None else epochs
     lr = defaults.lr if lr is None else lr
     options = dict(model_options or {})
-    _check_args(epochs, batch_size, lr, validation_fraction, out_dir, tensorboard, dataset)
+    _check_args(epochs, batch_size, lr, validation_fraction, tensorboard, dataset)
 
     plan = select_device()
     use_mixed = bool(mixed_precision and plan.gpus)
@@ -234,86 +193,126 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
     say(f"device: {plan.device}; strategy: {plan.strategy_name}"
         + ("; mixed precision float16" if use_mixed else "")
         + ("  (mixed precision needs a GPU: training in float32)" if mixed_precision and not use_mixed else ""))
-
     keras.utils.set_random_seed(seed)
-    fit_idx, val_idx = split_validation(dataset.y_train, validation_fraction, seed)
-    x_fit, y_fit = dataset.x_train[fit_idx], dataset.y_train[fit_idx]
-    x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
-    steps = math.ceil(len(x_fit) / batch_size)
+    split = split_validation(dataset.y_train, validation_fraction, seed)
+    model, params = _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, len(split[0]))
+    say(f"model: {model_name} ({params:,} parameters{', options ' + repr(options) if options else ''}); "
+        f"{epochs} epochs of {len(split[0]):,} images (batch {batch_size}, lr {lr:g}, seed {seed}); "
+        f"{len(split[1]):,} held out for validation")
 
+    fitted = _fit(model, dataset, split, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                  tensorboard=tensorboard)
+    final = _float32_copy(model_name, dataset, options, model) if use_mixed else model
+    test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
+    best = fitted["best"]
+    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}; "
+        f"clean test accuracy {test_acc:.4f} on {len(dataset.x_test):,} images ({fitted['seconds']:.1f} s)")
+    card = _card(model_name, final, options, dataset, split, params=params, test_acc=test_acc, best=best,
+                 epochs=epochs, batch_size=batch_size, lr=lr, seconds=fitted["seconds"], seed=seed, plan=plan,
+                 mixed=use_mixed, data_path=data_path, limit=limit)
+    return TrainResult(final, card, fitted["history"], list(fitted["timer"].seconds),
+                       list(fitted["timer"].cpu_seconds))
+
+
+def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, n_fit):
+    """The compiled model inside the device strategy's scope, and its parameter count."""
+    from robust.models import check_model_input, count_params
+
+    steps = math.ceil(n_fit / batch_size)
     with plan.strategy.scope():
-        model = _build(build_model, model_name, dataset, options, use_mixed)
+        model = _build(model_name, dataset, options, use_mixed)
         check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
         compile_for_training(model, lr=lr, total_steps=epochs * steps, loss_scale=use_mixed)
-    params = count_params(model)
-    say(f"model: {model_name} ({params:,} parameters{', options ' + repr(options) if options else ''}); "
-        f"{epochs} epochs of {len(x_fit):,} images (batch {batch_size}, lr {lr:g}, seed {seed}); "
-        f"{len(x_val):,} held out for validation")
+    return model, count_params(model)
 
-    train_ds = make_pipeline(x_fit, y_fit, batch_size, shuffle_seed=seed)
-    val_ds = make_pipeline(x_val, y_val, max(batch_size, 256))
+
+def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboard) -> dict:
+    """``model.fit`` with the callbacks that keep the best epoch, time epochs, show progress and log."""
+    fit_idx, val_idx = split
+    train_ds = make_pipeline(dataset.x_train[fit_idx], dataset.y_train[fit_idx], batch_size, shuffle_seed=seed)
+    val_ds = make_pipeline(dataset.x_train[val_idx], dataset.y_train[val_idx], max(batch_size, 256))
     best, timer = KeepBest(), EpochTimer()
     callbacks = [timer, best]
     if progress:
-        callbacks.append(ProgressBar(epochs, steps))
+        callbacks.append(ProgressBar(epochs, math.ceil(len(fit_idx) / batch_size)))
     if tensorboard is not None:
         callbacks.append(ScalarLogger(tensorboard))
-
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, shuffle=False, verbose=0,
                         callbacks=callbacks)
     seconds = time.perf_counter() - start
     model.set_weights(best.weights)
+    return {"best": best, "timer": timer, "seconds": seconds,
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
 
-    final = _float32_copy(build_model, model_name, dataset, options, model) if use_mixed else model
-    test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
-    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}; "
-        f"clean test accuracy {test_acc:.4f} on {len(dataset.x_test):,} images ({seconds:.1f} s)")
 
-    card = {
-        "schema": CARD_SCHEMA,
-        "model": model_name,
-        "keras_name": final.name,
-        "options": options,
-        "dataset": dataset.name,
-        "data_source": dataset.source,
-        "data_path": None if data_path is None else str(data_path),
-        "limit": limit,
-        "train_size": int(len(x_fit)),
-        "validation_size": int(len(x_val)),
-        "test_size": int(len(dataset.x_test)),
-        "input_shape": list(dataset.input_shape),
-        "value_range": [float(v) for v in dataset.value_range],
-        "class_names": list(dataset.class_names),
-        "num_classes": int(dataset.num_classes),
-        "params": params,
-        "test_accuracy": float(test_acc),
-        "val_accuracy": float(best.accuracy),
-        "best_epoch": best.epoch + 1,
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
+def _card(model_name, model, options, dataset, split, *, params, test_acc, best, epochs, batch_size, lr, seconds,
+          seed, plan, mixed, data_path, limit) -> dict:
+    """The model card written as ``model.json``."""
+    return {
+        "schema": CARD_SCHEMA, "model": model_name, "keras_name": model.name, "options": options,
+        "dataset": dataset.name, "data_source": dataset.source,
+        "data_path": None if data_path is None else str(data_path), "limit": limit,
+        "train_size": int(len(split[0])), "validation_size": int(len(split[1])),
+        "test_size": int(len(dataset.x_test)), "input_shape": list(dataset.input_shape),
+        "value_range": [float(v) for v in dataset.value_range], "class_names": list(dataset.class_names),
+        "num_classes": int(dataset.num_classes), "params": params, "test_accuracy": float(test_acc),
+        "val_accuracy": float(best.accuracy), "best_epoch": best.epoch + 1, "epochs": int(epochs),
+        "batch_size": int(batch_size), "lr": float(lr),
         "optimizer": f"AdamW(weight_decay={WEIGHT_DECAY:g}), cosine decay of lr to 0",
-        "seconds": round(seconds, 2),
-        "seed": int(seed),
-        "device": plan.device,
-        "strategy": plan.strategy_name,
-        "mixed_precision": use_mixed,
-        "versions": versions(),
+        "seconds": round(seconds, 2), "seed": int(seed), "device": plan.device, "backend": backend.NAME,
+        "strategy": plan.strategy_name, "mixed_precision": mixed, "versions": backend.versions(),
     }
-    out = None
-    if out_dir is not None:
-        from robust.artifacts import save_trained
-
-        out = Path(out_dir)
-        save_trained(out, final, card)
-        say(f"saved: {out / 'model.keras'} and {out / 'model.json'}")
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return TrainResult(final, card, hist, list(timer.seconds), list(timer.cpu_seconds), out)
 
 
-def _build(build_model, model_name, dataset, options, mixed: bool):
+@dataclasses.dataclass(frozen=True)
+class TrainCell:
+    """One model to train, as a picklable value: what :func:`train_cell` needs and nothing live.
+
+    The data is named, not carried: ``dataset`` and ``data_path`` are read
+    where the cell runs, then cut to ``train_limit`` images (class-balanced,
+    ``seed``), as the study does.
+    """
+
+    model: str
+    options: tuple[tuple[str, Any], ...]
+    dataset: str
+    data_path: str | None
+    train_limit: int | None
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """What :func:`train_cell` returns: the ``.keras`` file's bytes and the model card."""
+
+    keras_bytes: bytes
+    card: dict
+
+
+def train_cell(cell: TrainCell, *, progress: bool = False) -> TrainedModel:
+    """Train the cell's model; a pure function of the cell (the caller writes the files)."""
+    import tempfile
+
+    from robust.cells import study_data
+
+    dataset = study_data(cell.dataset, cell.data_path, train_limit=cell.train_limit, seed=cell.seed)
+    result = train(cell.model, dataset, epochs=cell.epochs, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
+                   model_options=dict(cell.options), progress=progress, data_path=cell.data_path,
+                   limit=cell.train_limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        result.model.save(path)
+        return TrainedModel(path.read_bytes(), result.card)
+
+
+def _build(model_name, dataset, options, mixed: bool):
     """The zoo model; under mixed precision, built in float16 with a float32 cast of the logits."""
+    from robust.models import build_model
+
     if not mixed:
         return build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
 
@@ -328,8 +327,10 @@ def _build(build_model, model_name, dataset, options, mixed: bool):
     return keras.Model(inner.input, logits, name=inner.name)
 
 
-def _float32_copy(build_model, model_name, dataset, options, trained):
+def _float32_copy(model_name, dataset, options, trained):
     """The same architecture in float32 with the trained weights (what gets saved and evaluated)."""
+    from robust.models import build_model
+
     model = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
     model.set_weights(trained.get_weights())
     return model
@@ -416,8 +417,7 @@ def _short(logs: dict) -> dict[str, str]:
 class ScalarLogger(keras.callbacks.Callback):
     """Epoch scalars for TensorBoard (``train/`` and ``validation/`` runs, tags ``epoch_<metric>``).
 
-    Written with ``tf.summary.write`` and the scalar plugin's metadata, so it
-    needs TensorFlow only; viewing the logs needs the ``tensorboard`` package.
+    Written through :class:`robust.backend.ScalarWriter`; viewing the logs needs the ``tensorboard`` package.
     """
 
     def __init__(self, log_dir):
@@ -425,23 +425,13 @@ class ScalarLogger(keras.callbacks.Callback):
         self.log_dir = Path(log_dir)
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        self._meta = summary_pb2.SummaryMetadata()
-        self._meta.plugin_data.plugin_name = "scalars"
-        self._writers = {run: tf.summary.create_file_writer(str(self.log_dir / run)) for run in ("train", "validation")}
+        self._writers = {run: backend.ScalarWriter(self.log_dir / run) for run in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
         for key, value in (logs or {}).items():
             run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            with self._writers[run].as_default():
-                tf.summary.write(f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=self._meta)
-        lr = self.model.optimizer.learning_rate
-        with self._writers["train"].as_default():
-            tf.summary.write("epoch_learning_rate", tf.constant(float(lr)), step=epoch, metadata=self._meta)
+            self._writers[run].write(f"epoch_{name}", float(value), epoch)
+        self._writers["train"].write("epoch_learning_rate", float(self.model.optimizer.learning_rate), epoch)
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():

@@ -17,7 +17,7 @@ from robust import backend
 from robust.attacks import FGSM, PGD, Attack, FoolingImages, attack_registry, get_attack
 from robust.errors import RobustError
 from robust.evaluation import evaluate_attack
-from robust.gradients import check_gradients, input_gradient, saliency_map
+from robust.gradients import cache_size, check_gradients, input_gradient, model_logits, saliency_map
 
 N = 200
 
@@ -165,11 +165,11 @@ def test_compiled_loop_is_built_once_and_reused(trained_lenet, batch):
     model = keras.models.clone_model(trained_lenet)
     model.set_weights(trained_lenet.get_weights())
     PGD(eps=0.1, steps=2)(model, x, y, batch_size=64)
-    size = backend.cache_size(model)
+    size = cache_size(model)
     for eps, bs in ((0.2, 64), (0.05, 50), (0.1, 200)):
         PGD(eps=eps, steps=2)(model, x, y, batch_size=bs)
-    assert backend.cache_size(model) == size
-    fn = PGD(eps=0.1, steps=2)._compiled(model, None, x.shape[1:], labels_given=True)
+    assert cache_size(model) == size
+    fn = PGD(eps=0.1, steps=2)._kernel(model, model_logits(model, x), x.shape[1:], labels_given=True)
     assert fn.experimental_get_tracing_count() == 1
 
 

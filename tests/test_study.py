@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from robust.cli import main
-from robust.study import gradient_checks, run_lock, sanity_checks, strip_wall_clock
+from robust.checks import gradient_checks, sanity_checks
+from robust.study import run_lock, strip_wall_clock
 
 TINY = """
 name = "tiny"

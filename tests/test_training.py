@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from robust.artifacts import load_model
+from click.testing import CliRunner
+
+from robust.artifacts import load_model, save_trained
+from robust.cli import main
 from robust.errors import RobustError
 from robust.training import EpochTimer, accuracy, split_validation, train
 
@@ -29,8 +32,9 @@ def run(small_mnist, tmp_path_factory):
     """LeNet-5 trained for 3 epochs on 2,700 real MNIST images, written to disk with TensorBoard logs."""
     out = tmp_path_factory.mktemp("lenet5_run")
     lines: list[str] = []
-    result = train("lenet5", small_mnist, epochs=3, batch_size=64, seed=0, out_dir=out / "model",
-                   tensorboard=out / "tb", progress=False, limit=3000, log=lines.append)
+    result = train("lenet5", small_mnist, epochs=3, batch_size=64, seed=0, tensorboard=out / "tb", progress=False,
+                   limit=3000, log=lines.append)
+    save_trained(out / "model", result.model, result.card)
     return result, out, lines
 
 
@@ -59,7 +63,8 @@ def test_model_card_contents(run, small_mnist):
     assert card["params"] == result.model.count_params() == 61_706
     assert (card["epochs"], card["batch_size"], card["seed"]) == (3, 64, 0)
     assert card["lr"] > 0 and card["seconds"] > 0
-    assert set(card["versions"]) == {"robust", "tensorflow", "keras", "numpy", "python"}
+    assert set(card["versions"]) == {"robust", "backend", "tensorflow", "keras", "numpy", "python"}
+    assert card["backend"] == card["versions"]["backend"] == "tensorflow"
     assert 0 <= card["test_accuracy"] <= 1
 
 
@@ -121,8 +126,9 @@ def test_interrupted_training_writes_nothing(mnist, tmp_path, monkeypatch):
 
     monkeypatch.setattr(EpochTimer, "on_epoch_end", interrupt)
     out = tmp_path / "never"
-    with pytest.raises(KeyboardInterrupt):
-        train("mlp", mnist.limited(200), epochs=2, out_dir=out, progress=False)
+    result = CliRunner().invoke(main, ["train", "mlp", "--dataset", "mnist", "--limit", "200", "--epochs", "2",
+                                       "--out", str(out), "--no-progress"])
+    assert result.exit_code == 130
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -142,18 +148,17 @@ def test_mixed_precision_path_builds_float16_and_saves_float32(mnist):
     """The GPU mixed-precision path, run on the CPU: float16 layers, float32 logits, loss scaling."""
     import keras
 
-    from robust.models import build_model
     from robust.training import _build, _float32_copy, compile_for_training, make_pipeline
 
     tiny = mnist.limited(64)
-    model = _build(build_model, "lenet5", tiny, {}, True)
+    model = _build("lenet5", tiny, {}, True)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     assert model.get_layer("c1").compute_dtype == "float16" and model.output.dtype == "float32"
     compile_for_training(model, lr=1e-3, total_steps=100, loss_scale=True)
     model.fit(make_pipeline(tiny.x_train, tiny.y_train, 32), epochs=1, shuffle=False, verbose=0)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert float(model.optimizer.learning_rate) > 0
-    copy = _float32_copy(build_model, "lenet5", tiny, {}, model)
+    copy = _float32_copy("lenet5", tiny, {}, model)
     assert copy.get_layer("c1").compute_dtype == "float32" and len(copy.layers) == len(model.layers) - 1
     x = tiny.x_test[:16]
     np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)
@@ -184,5 +189,7 @@ def test_model_that_cannot_take_the_data(mnist):
 def test_out_dir_that_is_a_file(mnist, tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
-    with pytest.raises(RobustError, match="exists and is a file"):
-        train("mlp", mnist.limited(100), epochs=1, out_dir=path, progress=False)
+    result = CliRunner().invoke(main, ["train", "mlp", "--dataset", "mnist", "--limit", "100", "--epochs", "1",
+                                       "--out", str(path), "--no-progress"])
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert path.read_text() == "x"

@@ -57,18 +57,9 @@ def _parse_class(value: str, class_names: list[str] | None, option: str) -> int:
 
 
 def _versions() -> dict:
-    import importlib.metadata
+    from robust.backend import versions
 
-    import keras
-
-    from robust import __version__
-
-    backend = keras.backend.backend()
-    try:
-        backend_version = importlib.metadata.version(backend)
-    except importlib.metadata.PackageNotFoundError:
-        backend_version = None
-    return {"robust": __version__, "keras": keras.__version__, "backend": backend, backend: backend_version}
+    return versions()
 
 
 @main.command("attack")
@@ -109,7 +100,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     from robust.attacks import get_attack
     from robust.data import load_dataset
     from robust.evaluation import evaluate_attack, examples_png, format_table
-    from robust.study import scale_to
+    from robust.data import scale_to
     from robust.models import check_model_input
 
     # Everything the user typed is checked before the model and data load.

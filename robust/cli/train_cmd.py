@@ -45,16 +45,17 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
                           "add --data PATH to read it from a file or folder.")
     options = parse_model_options(model_option)
 
+    from robust.artifacts import save_trained
     from robust.data import load_dataset
     from robust.training import train
 
-    data = load_dataset(dataset, data_path, limit=limit, seed=seed)
     out_dir = out_dir or f"runs/{model_name}_{dataset}"
-    result = train(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out_dir=out_dir,
-                   model_options=options, tensorboard=tensorboard, mixed_precision=mixed_precision,
+    data = load_dataset(dataset, data_path, limit=limit, seed=seed)
+    result = train(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, model_options=options, tensorboard=tensorboard, mixed_precision=mixed_precision,
                    progress=not no_progress, data_path=data_path, limit=limit, log=echo_err)
     card = result.card
     click.echo(f"{model_name} on {dataset}: clean test accuracy {card['test_accuracy']:.4f} "
                f"({card['test_size']:,} test images), best epoch {card['best_epoch']}/{card['epochs']}, "
                f"{card['seconds']:.1f} s on {card['device']}")
-    click.echo(f"saved {result.out_dir}")
+    save_trained(out_dir, result.model, card)
+    click.echo(f"saved {out_dir}")

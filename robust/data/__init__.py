@@ -296,3 +296,9 @@ def _labels(info: DatasetInfo, y: np.ndarray, n: int, source: str) -> np.ndarray
         raise RobustError(f"The {info.name} labels from {source} must be {n} integers in [0, {k - 1}]; "
                           f"received {len(y)} labels in [{y.min() if y.size else '-'}, {y.max() if y.size else '-'}].")
     return y
+
+
+def scale_to(x: np.ndarray, value_range) -> np.ndarray:
+    """Map images in [0, 1] (as every loader here returns them) to a model's input range [lo, hi]."""
+    lo, hi = (float(v) for v in value_range)
+    return x if (lo, hi) == (0.0, 1.0) else (lo + x * (hi - lo)).astype(np.float32)

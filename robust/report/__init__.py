@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from robust.artifacts import write_text
+from robust.attacks import strongest as strongest_attack
 from robust.errors import RobustError
 from robust.report import figures
 from robust.report.findings import findings
@@ -79,7 +80,7 @@ def render_report(out: str | Path) -> dict:
         if not arrays_path.is_file():
             raise RobustError(f"{arrays_path} is missing; results.json names it. Re-run with `robust run --resume`.")
         with np.load(arrays_path, allow_pickle=False) as arrays:
-            strongest = next((a for a in reversed(spec["attacks"]) if a["name"] == "pgd"), spec["attacks"][-1])
+            strongest = spec["attacks"][strongest_attack([a["name"] for a in spec["attacks"]])]
             per_model[key] = {
                 "examples": figures.examples_grid(arrays, class_names, spec["report"]["example_eps"],
                                                   strongest["name"].upper(), fig_dir / f"examples_{key}.png"),

@@ -1,0 +1,94 @@
+"""The seam between ``robust`` and the Keras backend.
+
+Attacks, losses, norms and training are written with ``keras.ops``. What
+cannot be is here, behind the same names for every backend, as Keras does
+with ``keras/src/backend/<name>/``: one module per backend, chosen once from
+``keras.backend.backend()``.
+
+Primitives every backend module provides:
+
+* ``compile(fn, signature)``: ``fn`` as one compiled function, traced once per
+  signature (a ``None`` batch axis serves every batch size);
+* ``spec(shape, dtype)``: one entry of such a signature;
+* ``value_and_grad(fn)``: per-example values, their input gradient and an aux
+  output; the gradient is ``None`` when none exists (known while tracing);
+* ``GRADIENT_ERRORS``: the exceptions raised for an operation without a gradient;
+* ``Rng``: per-image random numbers keyed by ``(seed, image index)``, usable
+  inside compiled code, so results do not depend on how images are batched;
+* ``tensor``, ``to_numpy``: the host boundary;
+* ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
+* ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
+  pipeline, the device strategy and TensorBoard scalars.
+
+Backend-neutral pieces live here too: :func:`stateless` (run a model on given
+weight values: every compiled kernel takes the model's state as an argument,
+so one kernel serves every weight update), :func:`image_keys` and
+:func:`versions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from robust.errors import RobustError
+
+#: Backends that have a module in this package.
+BACKENDS = ("tensorflow",)
+
+NAME = keras.backend.backend()
+
+if NAME == "tensorflow":
+    from robust.backend.tensorflow import (  # noqa: F401
+        GRADIENT_ERRORS,
+        Rng,
+        ScalarWriter,
+        backend_versions,
+        compile,
+        device,
+        distribution,
+        pipeline,
+        spec,
+        tensor,
+        to_numpy,
+        value_and_grad,
+    )
+else:
+    raise RobustError(
+        f"Keras is running on the {NAME!r} backend (KERAS_BACKEND), which robust does not support yet. "
+        f"Supported backends: {', '.join(BACKENDS)}. Set KERAS_BACKEND=tensorflow."
+    )
+
+
+def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Random keys ``(seed, index)`` for images, shape ``(n, 2)`` int32: one independent stream per image."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return np.stack([np.full(len(indices), int(seed) % (2**31 - 1)), indices % (2**31 - 1)], axis=1).astype(np.int32)
+
+
+def model_state(variables) -> list:
+    """The current values of ``variables`` (the argument every compiled kernel takes)."""
+    return [v.value for v in variables]
+
+
+@contextlib.contextmanager
+def stateless(variables, values):
+    """Inside this block, reading ``variables`` gives ``values`` (Keras's own stateless scope).
+
+    Calling a model here runs it on the given weights, so a kernel that
+    takes them as an argument never sees stale ones.
+    """
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+        yield
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of robust, the Keras backend, Keras, numpy and Python (for cards and results)."""
+    from robust import __version__
+
+    return {"robust": __version__, "backend": NAME, **backend_versions(), "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}

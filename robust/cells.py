@@ -1,0 +1,245 @@
+"""The study's units of work as frozen, picklable values, and the pure functions that compute them.
+
+A cell names everything it needs (a model file or reference, never a live
+model; the data by name and image indices; the attack by name and
+parameters; an ascending eps tuple; a seed), so it can run in this process,
+in another one (``multiprocessing`` with spawn) or on another machine, and
+gives the same rows everywhere. :func:`run_cell` computes; it writes
+nothing. :class:`robust.study.Study` plans the cells and alone writes.
+
+Kinds of cell:
+
+* :class:`robust.training.TrainCell` (:func:`robust.training.train_cell`): a model to train;
+* :class:`AttackCell`: one model x one attack over an eps tuple -> one row per eps;
+* :class:`ExtrasCell`: one model's masking measurements and the arrays behind its figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from robust.errors import RobustError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """How a cell finds its model: a ``robust train`` folder, a ``.keras`` file, ``module:factory`` or a plugin name."""
+
+    ref: str
+    value_range: tuple[float, float] | None = None
+    unsafe: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRef:
+    """The study's data by name: read where the cell runs, the train split cut as the study cuts it."""
+
+    dataset: str
+    data_path: str | None
+    train_limit: int | None
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackCell:
+    """One model under one attack at every eps of an ascending tuple, on the test images ``indices``."""
+
+    model_key: str
+    model: ModelRef
+    data: DataRef
+    attack: str
+    attack_key: str
+    params: tuple[tuple[str, Any], ...]
+    eps: tuple[float, ...]
+    indices: tuple[int, ...]
+    seed: int
+    batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtrasCell:
+    """One model's gradient-masking measurements and the example, saliency, filter and fooling arrays."""
+
+    model_key: str
+    model: ModelRef
+    data: DataRef
+    indices: tuple[int, ...]
+    strongest: str
+    strongest_params: tuple[tuple[str, Any], ...]
+    example_eps: float
+    examples: int
+    saliency: int
+    fooling: tuple[tuple[str, Any], ...] | None
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+    """What :func:`run_cell` returns: record rows (attack cells), checks and arrays (extras cells)."""
+
+    rows: list[dict]
+    checks: dict | None = None
+    arrays: dict[str, np.ndarray] | None = None
+
+
+def run_cell(cell: AttackCell | ExtrasCell) -> CellResult:
+    """Compute a cell; a pure function of it (the same rows in any process)."""
+    if isinstance(cell, AttackCell):
+        return CellResult(rows=_attack_rows(cell))
+    if isinstance(cell, ExtrasCell):
+        checks, arrays = _extras(cell)
+        return CellResult(rows=[], checks=checks, arrays=arrays)
+    raise RobustError(f"run_cell expects an AttackCell or ExtrasCell; received {type(cell).__name__}.")
+
+
+# ------------------------------------------------------------------- loading
+
+@functools.lru_cache(maxsize=4)
+def study_data(dataset: str, data_path: str | None, *, train_limit: int | None, seed: int):
+    """The dataset as the study uses it: loaded once per process, the train split cut to ``train_limit``."""
+    from robust.data import balanced_indices, load_dataset
+
+    ds = load_dataset(dataset, data_path)
+    if train_limit:
+        idx = balanced_indices(ds.y_train, train_limit, seed)
+        ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx],
+                                 source=f"{ds.source} (train subset {len(idx)}, seed {seed})")
+    return ds
+
+
+def load_ref(model: ModelRef):
+    """The loaded model of a reference, once per process and file version (see :func:`robust.plugins.load_model_ref`)."""
+    path = model.ref
+    stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else None
+    return _load(model, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(model: ModelRef, stamp):
+    from robust.plugins import load_model_ref
+
+    return load_model_ref(model.ref, value_range=model.value_range, unsafe=model.unsafe)
+
+
+def describe_ready(loaded, dataset) -> dict:
+    """The card of a ready model (one robust did not train): its accuracy on the whole test split."""
+    from robust.data import scale_to
+    from robust.models import check_model_input, count_params
+
+    model = loaded.model
+    check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
+    lo, hi = loaded.value_range
+    logits = np.asarray(model.predict(scale_to(dataset.x_test, (lo, hi)), batch_size=256, verbose=0))
+    return {"model": loaded.name, "source": loaded.source, "value_range": [lo, hi],
+            "value_range_source": loaded.value_range_source, "params": count_params(model),
+            "test_accuracy": float(np.mean(logits.argmax(1) == dataset.y_test)), "epochs": None,
+            "seconds": None, "outputs": loaded.outputs,
+            "class_names": list(loaded.class_names) if loaded.class_names else None}
+
+
+def _test_images(cell) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, float]]:
+    """The cell's test images in its model's value range, their labels, the model and that range."""
+    from robust.data import scale_to
+
+    ds = study_data(cell.data.dataset, cell.data.data_path, train_limit=cell.data.train_limit, seed=cell.data.seed)
+    idx = np.asarray(cell.indices, dtype=np.int64)
+    loaded = load_ref(cell.model)
+    value_range = tuple(float(v) for v in loaded.value_range)
+    return scale_to(ds.x_test[idx], value_range), ds.y_test[idx], loaded.model, value_range
+
+
+# ------------------------------------------------------------------- attacks
+
+def _attack_rows(cell: AttackCell) -> list[dict]:
+    from robust.evaluation import evaluate_attack
+
+    x, y, model, value_range = _test_images(cell)
+    rows = evaluate_attack(model, cell.attack, x, y, list(cell.eps), value_range=value_range, seed=cell.seed,
+                           batch_size=cell.batch_size, indices=np.asarray(cell.indices), **dict(cell.params))
+    return [{"model": cell.model_key, "attack_key": cell.attack_key, **row} for row in rows]
+
+
+# -------------------------------------------------------------------- extras
+
+def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
+    """The masking measurements and the arrays behind the model's figures (in [0, 1] for display)."""
+    from robust.attacks import get_attack
+    from robust.checks import gradient_checks
+    from robust.gradients import saliency_map
+
+    x, y, model, (lo, hi) = _test_images(cell)
+    params = dict(cell.strongest_params)
+    checks = gradient_checks(model, x, y, value_range=(lo, hi), seed=cell.seed,
+                             attack_params=params if cell.strongest == "pgd" else {})
+    k, s = min(cell.examples, len(x)), min(cell.saliency, len(x))
+    ex = get_attack(cell.strongest, eps=float(cell.example_eps), seed=cell.seed, **params)(
+        model, x[:k], y[:k], value_range=(lo, hi), indices=np.asarray(cell.indices[:k]))
+    clean_prob = _probabilities(model, x[:k], outputs=load_ref(cell.model).outputs)
+
+    def unit(a):
+        return (np.asarray(a, np.float32) - lo) / (hi - lo)
+
+    arrays = {
+        "example_x": unit(x[:k]), "example_y": y[:k], "example_adv": unit(ex.x_adv),
+        "example_clean_pred": clean_prob.argmax(1), "example_clean_conf": clean_prob.max(1),
+        "example_adv_pred": ex.adv_pred, "example_adv_conf": ex.adv_confidence,
+        "saliency_x": unit(x[:s]), "saliency_y": y[:s],
+        "saliency": saliency_map(model, x[:s], y[:s], value_range=(lo, hi)),
+        "filters": first_layer_filters(model, x.shape[1:]),
+    }
+    if cell.fooling is not None:
+        arrays.update(_fooling_arrays(model, dict(cell.fooling), (lo, hi), cell.seed, unit))
+    return checks, arrays
+
+
+def _fooling_arrays(model, f: dict, value_range, seed: int, unit) -> dict[str, np.ndarray]:
+    from robust.attacks import FoolingImages
+
+    fool = FoolingImages(threshold=float(f["threshold"]), max_steps=int(f["max_steps"]),
+                         **({"step_size": f["step_size"]} if f["step_size"] else {}),
+                         l2_decay=float(f["l2_decay"]), blur_every=int(f["blur_every"]),
+                         jitter=int(f["jitter"]), seed=seed)
+    classes = None if f["classes"] == "all" else list(f["classes"])
+    fr = fool(model, classes=classes, seeds=int(f["seeds"]), value_range=value_range)
+    return {"fooling_images": unit(fr.images), "fooling_target": fr.target, "fooling_confidence": fr.confidence,
+            "fooling_steps": fr.steps, "fooling_reached": fr.reached}
+
+
+def _probabilities(model, x: np.ndarray, *, outputs: str = "logits") -> np.ndarray:
+    """Class probabilities of a model that outputs logits (softmax applied) or probabilities (used as they are)."""
+    z = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float64)
+    if outputs == "probabilities":
+        return z
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def first_layer_filters(model, input_shape) -> np.ndarray:
+    """The first layer's weights as images: conv kernels (k, k, C) or dense weight templates (H, W, C).
+
+    Returns up to 16 arrays, each scaled to [0, 1], shape (n, h, w, C).
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel = np.asarray(layer.kernel)                  # (kh, kw, cin, cout)
+            f = np.moveaxis(kernel, -1, 0)[:16]
+            break
+        if isinstance(layer, keras.layers.Dense):
+            kernel = np.asarray(layer.kernel)                  # (inputs, units)
+            if kernel.shape[0] != int(np.prod(input_shape)):
+                return np.zeros((0, 1, 1, 1), np.float32)
+            f = kernel.T[:16].reshape(-1, *input_shape)
+            break
+    else:
+        return np.zeros((0, 1, 1, 1), np.float32)
+    lo = f.min(axis=(1, 2, 3), keepdims=True)
+    hi = f.max(axis=(1, 2, 3), keepdims=True)
+    return ((f - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)

@@ -1,0 +1,154 @@
+"""The attack driver: kernels that take the weights, per-image random keys, masks, black-box attacks, cells.
+
+Everything runs on the session's LeNet-5 trained on real MNIST (conftest.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from robust.attacks import FGSM, PGD, Attack
+from robust.errors import RobustError
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test_batch):
+    x, y = mnist_test_batch
+    return x[:300], y[:300]
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def test_a_cached_kernel_follows_new_weights(trained_lenet, batch):
+    x, y = batch
+    model = _copy(trained_lenet)
+    attack = PGD(eps=0.1, steps=5, seed=1)
+    before = attack(model, x, y)
+    # New weights: the last layer negated, so the model now ranks the classes the other way round.
+    last = model.layers[-1]
+    last.set_weights([-w for w in last.get_weights()])
+    after = attack(model, x, y)
+    assert np.array_equal(after.clean_pred, np.argmax(model.predict(x, verbose=0), axis=1))
+    assert not np.array_equal(after.clean_pred, before.clean_pred)
+    fresh = PGD(eps=0.1, steps=5, seed=1)(_copy(model), x, y)
+    np.testing.assert_array_equal(after.x_adv, fresh.x_adv)
+    np.testing.assert_array_equal(after.adv_pred, fresh.adv_pred)
+
+
+@pytest.mark.parametrize("norm, eps", [("inf", 0.1), ("2", 1.5)])
+def test_random_starts_do_not_depend_on_the_batch_size(trained_lenet, batch, norm, eps):
+    x, y = batch
+    attack = PGD(eps=eps, norm=norm, steps=5, restarts=2, seed=4)
+    a = attack(trained_lenet, x, y, batch_size=100)
+    b = attack(trained_lenet, x, y, batch_size=250)
+    if norm == "inf":  # the sign step makes the images bit-identical
+        np.testing.assert_array_equal(a.x_adv, b.x_adv)
+    else:  # L2 steps scale the gradient; convolutions over other batch shapes round differently (~1e-7)
+        np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-5)
+    np.testing.assert_array_equal(a.adv_pred, b.adv_pred)
+
+
+def test_indices_key_the_random_numbers_and_a_mask_attacks_a_subset(trained_lenet, batch):
+    x, y = batch
+    attack = PGD(eps=0.1, steps=5, seed=2)
+    whole = attack(trained_lenet, x, y)
+    pick = np.arange(0, 300, 3)
+    # A subset attacked on its own, with its global indices, gets exactly its rows of the whole run.
+    part = attack(trained_lenet, x[pick], y[pick], indices=pick)
+    np.testing.assert_array_equal(part.x_adv, whole.x_adv[pick])
+    mask = np.zeros(300, bool)
+    mask[pick] = True
+    masked = attack(trained_lenet, x, y, mask=mask)
+    np.testing.assert_array_equal(masked.x_adv[pick], whole.x_adv[pick])
+    np.testing.assert_array_equal(masked.x_adv[~mask], x[~mask])
+    assert np.array_equal(masked.attacked, mask)
+    assert np.array_equal(masked.clean_pred, whole.clean_pred)
+    assert np.array_equal(masked.adv_pred[~mask], masked.clean_pred[~mask])
+    with pytest.raises(RobustError, match="mask must be a boolean"):
+        attack(trained_lenet, x, y, mask=np.ones(10, bool))
+
+
+def test_worst_of_takes_any_success_then_the_highest_score(trained_lenet, batch):
+    x, y = batch
+    weak = FGSM(eps=0.05)(trained_lenet, x, y)
+    strong = PGD(eps=0.05, steps=10, seed=0)(trained_lenet, x, y)
+    merged = weak.worst_of(strong)
+    assert np.array_equal(merged.success, weak.success | strong.success)
+    assert merged.adversarial_accuracy <= min(weak.adversarial_accuracy, strong.adversarial_accuracy)
+    from_strong = merged.source == 1
+    assert np.array_equal(merged.x_adv[from_strong], strong.x_adv[from_strong])
+    assert np.all(strong.success[from_strong] | (strong.score[from_strong] > weak.score[from_strong]))
+    assert np.array_equal(merged.success, merged.score > 0)
+
+
+class RandomSearch(Attack):
+    """Random search in the L-inf ball: the best of a few random corners, by the model's outputs alone."""
+
+    name = "random-search"
+    needs_gradients = False
+
+    def __init__(self, *, eps: float = 0.3, tries: int = 20, seed: int = 0):
+        super().__init__(eps=eps, norm="inf", seed=seed)
+        self.tries = tries
+
+    def _config(self):
+        return (self.tries,)
+
+    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+        from robust.gradients import margin
+
+        def step(i, state):
+            best, best_score = state
+            corner = ops.clip(x + eps * ops.sign(rng.fold(i).uniform(ops.shape(x), -1.0, 1.0)), low, high)
+            score = margin(logits(corner), goal)
+            better = score > best_score
+            return ops.where(ops.reshape(better, (-1, 1, 1, 1)), corner, best), ops.where(better, score, best_score)
+
+        start = (x, margin(logits(x), goal))
+        best, _ = ops.fori_loop(0, self.tries, step, start)
+        return best, None, None
+
+
+def test_a_black_box_attack_runs_on_a_model_without_gradients(trained_lenet, batch):
+    x, y = batch
+    # Rounding the input leaves the model without a usable gradient: gradient attacks are refused.
+    inputs = keras.Input((28, 28, 1))
+    rounded = keras.layers.Lambda(lambda t: ops.round(t * 4) / 4)(inputs)
+    masked = keras.Model(inputs, trained_lenet(rounded))
+    with pytest.raises(RobustError, match="gradient"):
+        PGD(eps=0.3, steps=5)(masked, x, y)
+    result = RandomSearch(eps=0.3, tries=20, seed=1)(masked, x, y)
+    assert result.perturbation.max() <= 0.3 + 1e-6
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert result.adversarial_accuracy < result.clean_accuracy - 0.05
+
+
+def _cell(model_path):
+    from robust.cells import AttackCell, DataRef, ModelRef
+
+    return AttackCell(model_key="lenet", model=ModelRef(str(model_path)), data=DataRef("mnist", None, None, 0),
+                      attack="pgd", attack_key="pgd", params=(("steps", 5),), eps=(0.0, 0.1),
+                      indices=tuple(range(0, 2000, 20)), seed=3)
+
+
+def test_run_cell_in_a_spawned_process_gives_the_same_rows(trained_lenet, tmp_path, data_dir):
+    from robust.cells import run_cell
+
+    path = tmp_path / "lenet.keras"
+    trained_lenet.save(path)
+    cell = _cell(path)
+    here = run_cell(cell).rows
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        there = pool.map(run_cell, [cell])[0].rows
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in here]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in there]
+    assert [r["eps"] for r in here] == [0.0, 0.1] and here[1]["adversarial_accuracy"] < here[0]["clean_accuracy"]
