@@ -54,15 +54,16 @@ def evaluate(ref: str, out: Path, *extra: str, dataset: str = "mnist", eps: str 
     return results
 
 
-def assert_matches_evaluate_attack(results: dict, model, x: np.ndarray, y: np.ndarray, value_range) -> None:
-    """Every record of the evaluation equals evaluate_attack's on the same model, images and seed."""
+def assert_matches_evaluate_attack(results: dict, model, x: np.ndarray, y: np.ndarray, value_range,
+                                   indices: np.ndarray) -> None:
+    """Every record of the evaluation equals evaluate_attack's on the same model, images, indices and seed."""
     from robust.evaluation import evaluate_attack
 
     [key] = results["models"]
     for attack in {r["attack"] for r in results["records"]}:
         records = sorted((r for r in results["records"] if r["attack"] == attack), key=lambda r: r["eps"])
         expected = evaluate_attack(model, attack, x, y, [r["eps"] for r in records], value_range=value_range,
-                                   seed=results["run"]["seed"])
+                                   seed=results["run"]["seed"], indices=indices)
         for rec, exp in zip(records, expected):
             assert rec["model"] == key and rec["n"] == len(y) == exp["n"]
             for field in ("clean_accuracy", "adversarial_accuracy", "success_rate"):
@@ -72,9 +73,9 @@ def assert_matches_evaluate_attack(results: dict, model, x: np.ndarray, y: np.nd
 
 
 def attacked(dataset, seed: int = 0):
-    """The test images a study with --limit LIMIT attacks, in [0, 1], and their labels."""
+    """The test images a study with --limit LIMIT attacks, in [0, 1], their labels and test-split indices."""
     idx = balanced_indices(dataset.y_test, LIMIT, seed)
-    return dataset.x_test[idx], dataset.y_test[idx]
+    return dataset.x_test[idx], dataset.y_test[idx], idx
 
 
 # ---------------------------------------------------------------- models as people ship them
@@ -201,8 +202,8 @@ def test_models_as_people_ship_them(shipped_eval, mnist, name):
     from robust.plugins import load_model_ref
 
     loaded = load_model_ref(f"shipped_models:{name}", value_range=value_range if "--value-range" in extra else None)
-    x, y = attacked(mnist)
-    assert_matches_evaluate_attack(results, loaded.model, lo + x * (hi - lo), y, value_range)
+    x, y, idx = attacked(mnist)
+    assert_matches_evaluate_attack(results, loaded.model, lo + x * (hi - lo), y, value_range, idx)
 
     clean, adv = sorted(results["records"], key=lambda r: r["eps"])  # one attack, eps 0 and 10% of the range
     assert clean["clean_accuracy"] > 0.8  # 300 steps on real MNIST
@@ -278,8 +279,8 @@ def test_keras_applications_architecture(tmp_path, data_dir, monkeypatch):
     assert info["value_range"] == [0.0, 255.0] and "scale 1/127.5, offset -1" in info["value_range_source"]
     assert info["kind"] == "conv"
     data = load_dataset("cifar10", small)
-    x, y = attacked(data)
-    assert_matches_evaluate_attack(results, app, x * 255.0, y, (0.0, 255.0))
+    x, y, idx = attacked(data)
+    assert_matches_evaluate_attack(results, app, x * 255.0, y, (0.0, 255.0), idx)
 
 
 # ---------------------------------------------------------------- the example plugin, really installed
@@ -351,8 +352,8 @@ def test_eval_the_installed_example_plugin(example_installed, mnist, tmp_path):
     assert info["value_range"] == [0.0, 255.0] and info["value_range_source"] == "plugin metadata"
     assert "from plugin robust-example-plugin" in output
     loaded = load_model_ref("digits_cnn_255")  # the factory caches its model: the one evaluated
-    x, y = attacked(mnist)
-    assert_matches_evaluate_attack(results, loaded.model, x * 255.0, y, (0.0, 255.0))
+    x, y, idx = attacked(mnist)
+    assert_matches_evaluate_attack(results, loaded.model, x * 255.0, y, (0.0, 255.0), idx)
     by = {(r["attack"], r["eps"]): r for r in results["records"]}
     assert by["fgsm", 0.0]["clean_accuracy"] > 0.85
     assert by["fgsm", 32.0]["adversarial_accuracy"] < by["fgsm", 32.0]["clean_accuracy"]
