@@ -120,8 +120,14 @@ def test_bad_inputs(tmp_path, no_keras):
     # a pickled object array is refused: np.load never allows pickle
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     (tmp_path / "obj.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(RobustError, match="Cannot read"):
+    with pytest.raises(RobustError, match="not a .npz dataset file.*truncated or damaged"):
         load_dataset("mnist", tmp_path / "obj.npz")
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(RobustError, match="holds Python objects"):
+        load_dataset("mnist", tmp_path / "objects.npz")
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(RobustError, match="is text starting with 'x_train,y_train'"):
+        load_dataset("mnist", tmp_path / "text.npz")
 
 
 def test_limit_is_balanced_and_seeded(mnist):

@@ -22,7 +22,8 @@ from robust.cli.common import RobustGroup  # noqa: E402
 
 @click.group(cls=RobustGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="robust")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (for bug reports).")
+def main(debug: bool) -> None:
     """Adversarial-robustness testing for Keras models.
 
     Train the model zoo, attack it with FGSM, PGD and fooling images, and

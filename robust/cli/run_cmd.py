@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
+from robust.cli.common import check_resume
 
 
 @main.command("run")
@@ -24,6 +25,7 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
     without it the built-in MNIST study runs: LeNet-5 vs an MLP vs an MLP
     matched to LeNet-5's size, FGSM and PGD at six eps, fooling images.
     """
+    from robust.artifacts import check_writable
     from robust.errors import RobustError
     from robust.spec import load_spec
     from robust.study import Study
@@ -33,6 +35,8 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
                           "--force throws it away. Pass one of them.")
     parsed = load_spec(spec)
     out = out_dir or Path("reports") / parsed.name
+    check_resume(out, resume)
+    check_writable(out, what="--out" if out_dir else "the run folder")
     click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
     Study(parsed, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
 
@@ -41,7 +45,10 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def report_command(run_dir) -> None:
     """Re-render RUN_DIR's report from its results.json, without recomputing anything."""
-    from robust.report import render_report
+    from robust.artifacts import check_writable
+    from robust.report import load_results, render_report
 
+    load_results(run_dir)  # a missing or malformed results.json is named before anything else
+    check_writable(run_dir, what="the run folder")
     paths = render_report(run_dir)
     click.echo(f"Wrote {paths['html']} and {paths['md']}")
