@@ -66,7 +66,7 @@ def test_missing_data_file_is_explained(tmp_path):
     bad.write_bytes(b"not a zip")
     res = invoke("lenet5", "--dataset", "mnist", "--data", str(bad))
     assert res.exit_code == 2
-    assert "Cannot read" in res.output and str(bad) in res.output
+    assert "is not a .npz dataset file" in res.output and str(bad) in res.output
 
 
 def test_out_is_a_file(data_dir, tmp_path):

@@ -32,7 +32,12 @@ class _Bad(Exception):
         self.where, self.expected, self.got = where, expected, got
 
 
+_MISSING = object()
+
+
 def _received(value: Any) -> str:
+    if value is _MISSING:
+        return "nothing (the key is missing)"
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -88,7 +93,7 @@ def _obj(fields: dict[str, Check], *, optional: bool = False) -> Check:
             raise _Bad(where, f"an object with keys {', '.join(fields)}", value)
         for key, field in fields.items():
             if key not in value:
-                raise _Bad(f"{where}.{key}" if where else key, "present", "nothing (the key is missing)")
+                raise _Bad(f"{where}.{key}" if where else key, "present", _MISSING)
             field(value[key], f"{where}.{key}" if where else key)
     return check
 
