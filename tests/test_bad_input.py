@@ -239,6 +239,8 @@ RUN = [
         spec=SPEC + '[[models]]\nref = "m.keras"\noptions = { width = 8 }\n'),
     row("run {spec}", "either name (a zoo model to train) or ref", "received",
         spec=SPEC + '[[models]]\nname = "mlp"\nref = "m.keras"\n'),
+    row("run {spec}", "models[1] (ref", "takes images of shape 28x28x1 but cifar10 images are 32x32x3",
+        spec=SPEC.replace('"mnist"', '"cifar10"') + MLP + '[[models]]\nref = "{model}"\n', id="run-ref-checked-first"),
     row("run {spec} --resume --force", "--resume and --force contradict each other", spec=OK_SPEC),
     row("run {spec} --resume --out {tmp}/never", "--resume continues an interrupted run", "does not exist",
         spec=OK_SPEC),
@@ -287,6 +289,7 @@ EVAL = [
     row("eval {model} --eps 0,,0.1", "expected comma-separated numbers", "item 2 of 3 is empty"),
     row("eval {model} --resume --out {tmp}/never", "--resume continues an interrupted run", "does not exist"),
     row("eval {model} --out {ro}/out", "is not writable", "Expected a folder you can write to"),
+    row("eval {model} --data {tmp}/none.npz", "no such file or folder", "none.npz"),
     row("eval {model} --steps 0", "Invalid value for '--steps'", "0 is not in the range"),
 ]
 
@@ -347,12 +350,14 @@ def snapshot(*roots: Path) -> dict[str, str]:
 def test_bad_input(cmd, expect, spec, setup, request, tmp_path, monkeypatch, read_only):
     monkeypatch.chdir(tmp_path)
     places = {"tmp": str(tmp_path), "ro": str(read_only), "spec": str(tmp_path / "spec.toml")}
-    if "{model}" in cmd or "{keras}" in cmd or "{nocard}" in cmd:
+    if any(f"{{{k}}}" in cmd + (spec or "") for k in ("model", "keras", "nocard")):
         places.update({k: str(v) for k, v in request.getfixturevalue("trained").items()})
     if "{run}" in cmd:
         shutil.copytree(request.getfixturevalue("run_folder"), tmp_path / "run")
         places["run"] = str(tmp_path / "run")
     if spec is not None:
+        for key in ("model", "tmp"):
+            spec = spec.replace("{%s}" % key, places.get(key, ""))
         (tmp_path / "spec.toml").write_text(spec, encoding="utf-8")
     if setup is not None:
         setup(tmp_path)
@@ -374,3 +379,115 @@ def test_matrix_covers_every_command_and_the_issue():
     commands = {p.values[0].split(" ")[0] for p in MATRIX}
     assert commands == {"train", "attack", "fool", "summary", "run", "report", "eval"}
     assert len(MATRIX) >= 60
+
+
+# -- the mechanisms behind the matrix -----------------------------------------------------------------------
+
+def test_unexpected_error_is_one_paragraph_with_exit_1_and_debug_shows_the_traceback(monkeypatch):
+    import importlib
+
+    registry = importlib.import_module("robust.models.registry")  # the module; robust.models.registry is a function
+
+    def broken():
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(registry, "entries", broken)
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    assert "robust models stopped on an unexpected error (ZeroDivisionError: division by zero)" in res.output
+    assert "Rerun with `robust --debug models ...`" in res.output and "Traceback" not in res.output
+    assert "\n\n" not in res.output.strip()
+    res = CliRunner().invoke(main, ["--debug", "models"])
+    assert res.exit_code == 1 and "Traceback (most recent call last)" in res.output
+    assert "ZeroDivisionError" in res.output
+
+
+def test_a_failed_write_is_named_and_leaves_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    import robust.artifacts as artifacts
+
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(artifacts.os, "replace", full)
+    with pytest.raises(artifacts.RobustError, match=r"Could not write .*results.json: No space left on device "
+                                                    r"\(ENOSPC\).*nothing was half-written"):
+        artifacts.write_json(target, {"new": 1})
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_full_disk_is_refused_before_the_work(tmp_path, monkeypatch):
+    import robust.artifacts as artifacts
+
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, path):
+            stat = real(path)
+            self.f_frsize, self.f_bavail = stat.f_frsize, 0
+
+    monkeypatch.setattr(artifacts.os, "statvfs", Full)
+    with pytest.raises(artifacts.RobustError, match=r"--out .*out is on a full disk: 0 bytes free"):
+        artifacts.check_writable(tmp_path / "out", what="--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_all_or_nothing_replaces_every_file_or_none(tmp_path):
+    from robust.artifacts import all_or_nothing, pending, write_text
+
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("old")
+    with pytest.raises(RuntimeError):
+        with all_or_nothing():
+            write_text(tmp_path / "a.txt", "new")
+            assert pending(tmp_path / "a.txt").read_text() == "new"  # readable before it lands
+            assert (tmp_path / "a.txt").read_text() == "old"
+            raise RuntimeError("the second figure failed")
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    with all_or_nothing():
+        write_text(tmp_path / "a.txt", "new")
+        write_text(tmp_path / "b.txt", "new")
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new", "new"]
+
+
+def test_attack_whose_results_cannot_be_written_exits_2_and_writes_nothing(trained, tmp_path, monkeypatch):
+    import errno
+
+    import robust.artifacts as artifacts
+
+    real = artifacts.os.replace
+
+    def full_for_json(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", full_for_json)
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["attack", str(trained["model"]), "--attack", "fgsm", "--eps", "0.1", "--limit",
+                                    "20", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "No space left on device" in res.output and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_report_that_fails_half_way_leaves_figures_and_report_matching(run_folder, tmp_path, monkeypatch):
+    import robust.report.figures as figures
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    before = snapshot(run)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib ran out of colours")
+
+    monkeypatch.setattr(figures, "saliency_grid", broken)  # after the curves and example grids are drawn
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 1 and "unexpected error (RuntimeError: matplotlib ran out of colours)" in res.output
+    assert snapshot(run) == before

@@ -210,3 +210,18 @@ def check_resume(out, resume: bool) -> None:
         what = "does not exist" if not out.exists() else "holds no run (no spec.json)"
         raise RobustError(f"--resume continues an interrupted run, but {out} {what}. Expected the folder of a "
                           "run that was started before; drop --resume to start a new run there.")
+
+
+def check_fits(loaded, dataset: str) -> None:
+    """The model must take the dataset's images and have one output per class."""
+    from robust.data import DATASETS
+
+    info = DATASETS[dataset]
+    shape = "x".join("?" if d is None else str(d) for d in loaded.input_shape)
+    if len(loaded.input_shape) != len(info.image_shape) or any(
+            d is not None and d != e for d, e in zip(loaded.input_shape, info.image_shape)):
+        raise RobustError(f"{loaded.name!r} takes images of shape {shape} but {dataset} images are "
+                          f"{'x'.join(map(str, info.image_shape))}. Evaluate it on the dataset it was built for.")
+    if loaded.num_classes != len(info.class_names):
+        raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
+                          f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import FloatList, check_resume, data_options
+from robust.cli.common import FloatList, check_fits, check_resume, data_options
 from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
 from robust.errors import RobustError
 
@@ -66,6 +66,8 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     attack_names = _attack_names(attacks, steps)
     if dataset is not None and dataset not in DATASETS:
         raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {', '.join(DATASETS)}.")
+    if data_path is not None and not Path(data_path).exists():
+        raise RobustError(f"--data {data_path}: no such file or folder. Expected a .npz file or a data folder.")
     if out_dir is not None:
         check_resume(out_dir, resume)
         check_writable(out_dir, what="--out")
@@ -80,7 +82,7 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     if dataset not in DATASETS:
         raise RobustError(f"Unknown dataset {dataset!r}" + (" (from the model's metadata)" if dataset == loaded.dataset
                                                              else "") + f". Known datasets: {', '.join(DATASETS)}.")
-    _check_fits(loaded, dataset)
+    check_fits(loaded, dataset)
 
     lo, hi = loaded.value_range
     eps_values = list(eps) if eps else [round(f * (hi - lo), 6) for f in DEFAULT_EPS_FRACTIONS]
@@ -114,20 +116,6 @@ def _attack_names(text: str, steps: int | None) -> list[str]:
         raise RobustError(f"--steps applies to attacks that iterate (such as pgd); none of {', '.join(items)} "
                           "takes steps.")
     return items
-
-
-def _check_fits(loaded, dataset: str) -> None:
-    """The model must take the dataset's images and have one output per class."""
-    from robust.data import DATASETS
-
-    info = DATASETS[dataset]
-    shape = "x".join("?" if d is None else str(d) for d in loaded.input_shape)
-    if any(d is not None and d != e for d, e in zip(loaded.input_shape, info.image_shape)):
-        raise RobustError(f"{loaded.name!r} takes images of shape {shape} but {dataset} images are "
-                          f"{'x'.join(map(str, info.image_shape))}. Evaluate it on the dataset it was built for.")
-    if loaded.num_classes != len(info.class_names):
-        raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
-                          f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")
 
 
 def _spec_toml(loaded, *, dataset, data_path, limit, seed, attack_names, eps, steps, fooling, explicit_range) -> str:
