@@ -261,8 +261,8 @@ def _ref_model(m: dict, training: dict, where: str, source: str) -> tuple[ModelE
         raise RobustError(f"Spec {source}: {where} is a ready model (ref), which is never trained or built, so "
                           f"{known_names(extra)} cannot apply to it; received {known_names(extra)}.")
     vr = m.get("value_range")
-    if vr is not None and not (isinstance(vr, list) and len(vr) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vr) and vr[0] < vr[1]):
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if vr is not None and not (isinstance(vr, list) and len(vr) == 2 and all(map(finite, vr)) and vr[0] < vr[1]):
         raise _err(source, f"{where}.value_range", "[low, high] of finite numbers with low < high", vr)
     unsafe = m.get("unsafe", False)
     if not isinstance(unsafe, bool):

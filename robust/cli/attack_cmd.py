@@ -217,7 +217,8 @@ def attacks_command() -> None:
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--classes", default="all", show_default=True, metavar="all|C,C",
               help="Classes to grow fooling images for (indices or names).")
-@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True, help="Images per class, each from its own noise.")
+@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per class, each from its own noise.")
 @click.option("--threshold", type=float, default=0.99, show_default=True, help="Confidence to reach.")
 @click.option("--max-steps", type=int, default=1000, show_default=True, help="Most gradient steps per image.")
 @click.option("--step-size", type=float, default=None, help="Pixel change per step  [default: 1% of the value range]")

@@ -15,8 +15,6 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-import numpy as np
-
 from robust.errors import RobustError
 
 RESULTS_SCHEMA = "robust.results/1"
