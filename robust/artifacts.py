@@ -57,8 +57,9 @@ def check_writable(path: str | os.PathLike, *, kind: str = "folder", what: str =
     try:
         if path.exists() and kind == "folder" and not path.is_dir():
             raise RobustError(f"{what} {path} is a file; expected a folder (existing or new). Choose another path.")
-        if path.exists() and kind == "file" and path.is_dir():
-            raise RobustError(f"{what} {path} is a folder; expected a file name such as results.json.")
+        if path.exists() and kind == "file" and not path.is_file():
+            raise RobustError(f"{what} {path} is {'a folder' if path.is_dir() else 'not a regular file'}; "
+                              "expected the name of a file to write, such as results.json.")
         probe = path if kind == "folder" else path.parent
         while not probe.exists() and probe.parent != probe:
             probe = probe.parent

@@ -344,7 +344,7 @@ def _parse_fooling(table: dict, dataset: str, source: str) -> dict:
 def _parse_report(table: dict, eps: tuple[float, ...], source: str) -> dict:
     report = {**_REPORT_DEFAULTS, **table}
     _check_keys(report, _REPORT_DEFAULTS, "[report]", source)
-    _int(report["examples"], "report.examples", source, minimum=0)
+    _int(report["examples"], "report.examples", source, minimum=1)  # the report always shows an examples figure
     _int(report["saliency"], "report.saliency", source, minimum=0)
     if report["example_eps"] is None:
         report["example_eps"] = max(e for e in eps) if len(eps) == 1 else eps[len(eps) // 2]

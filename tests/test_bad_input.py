@@ -170,6 +170,7 @@ ATTACK = [
         setup=write("text.keras", "not a model")),
     row("attack {model} --out {ro}/r.json", "is not writable", "Expected a folder you can write to"),
     row("attack {model} --out {tmp}", "Invalid value for '--out'", "is a directory"),
+    row("attack {model} --out /dev/null", "--out /dev/null is not a regular file", "expected the name of a file"),
 ]
 
 FOOL = [
@@ -229,6 +230,8 @@ RUN = [
         spec=OK_SPEC + "[fooling]\nthreshold = 1.5\n"),
     row("run {spec}", "step_size must be a number", "received 'abc'",
         spec=OK_SPEC + "[fooling]\nstep_size = 'abc'\n"),
+    row("run {spec}", "report.examples must be an integer >= 1", "received 0",
+        spec=OK_SPEC + "[report]\nexamples = 0\n"),
     row("run {spec}", "training.lr must be a number", "received nan", spec=SPEC.replace(
         "epochs = 1", "epochs = 1\nlr = nan") + MLP),
     row("run {spec}", "seed must be an integer in [0, 4294967295]", "received -1", spec="seed = -1\n" + OK_SPEC),

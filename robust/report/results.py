@@ -246,6 +246,9 @@ def load_arrays(out: str | Path, key: str, info: dict, n_classes: int) -> Arrays
         if len(set(lengths.values())) > 1:
             raise RobustError(f"{path}: arrays {', '.join(lengths)} must have one entry per image each; received "
                               f"lengths {', '.join(map(str, lengths.values()))}.")
+    if len(arrays["example_x"]) == 0:
+        raise RobustError(f"{path}: example_x must hold at least one image (the report shows adversarial "
+                          "examples); received none.")
     if arrays["example_adv"].shape != arrays["example_x"].shape:
         raise RobustError(f"{path}: example_adv must have the shape of example_x {arrays['example_x'].shape}; "
                           f"received {arrays['example_adv'].shape}.")
