@@ -253,9 +253,13 @@ def read_card(directory: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RobustError(f"{path} is not a readable model card (JSON): {exc}.") from None
+    if not isinstance(card, dict):
+        raise RobustError(f"{path} is not a model card: expected a JSON object as `robust train` writes; received "
+                          f"a JSON {type(card).__name__}.")
+    return card
 
 
 def _listing(folder: Path, most: int = 5) -> str:

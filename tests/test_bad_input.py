@@ -164,6 +164,8 @@ ATTACK = [
     row("attack {model} --dataset cifar10 --limit 20", "expects images of shape 28x28x1", "32x32x3"),
     row("attack {keras} --limit 20", ".keras file without a model card", "Pass --dataset"),
     row("attack {nocard} --limit 20", "is a folder without model.json", "Pass --dataset"),
+    row("attack {tmp}/m --limit 20", "is not a model card", "received a JSON list",
+        setup=write("m/model.json", "[]")),
     row("attack {tmp} --dataset mnist", "is a folder without model.keras", "received a folder holding nothing"),
     row("attack {tmp}/nope.keras --dataset mnist", "No model at", "expected a .keras file"),
     row("attack {tmp}/text.keras --dataset mnist", "is corrupt or truncated", "zip archive",
@@ -403,6 +405,19 @@ def test_unexpected_error_is_one_paragraph_with_exit_1_and_debug_shows_the_trace
     res = CliRunner().invoke(main, ["--debug", "models"])
     assert res.exit_code == 1 and "Traceback (most recent call last)" in res.output
     assert "ZeroDivisionError" in res.output
+
+
+def test_a_file_system_refusal_anywhere_is_exit_2_naming_the_path(monkeypatch):
+    import importlib
+
+    registry = importlib.import_module("robust.models.registry")
+
+    def refused():
+        raise PermissionError(13, "Permission denied", "/srv/plugins/robust_models.pth")
+
+    monkeypatch.setattr(registry, "entries", refused)
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 2 and "Cannot use /srv/plugins/robust_models.pth: Permission denied" in res.output
 
 
 def test_a_failed_write_is_named_and_leaves_the_old_file(tmp_path, monkeypatch):

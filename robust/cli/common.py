@@ -33,7 +33,7 @@ def _crash_message(ctx: click.Context, exc: BaseException) -> str:
     sub = ctx.invoked_subcommand
     detail = str(exc).strip().splitlines()
     what = f"{type(exc).__name__}: {detail[0][:300]}" if detail else type(exc).__name__
-    return (f"robust {sub or ''} stopped on an unexpected error ({what}). This is a bug in robust, or in a "
+    return (f"{'robust ' + sub if sub else 'robust'} stopped on an unexpected error ({what}). This is a bug in robust, or in a "
             "plugin or model code it ran, not a mistake robust could explain in your input; files that were being "
             f"written were left as they were. Rerun with `robust --debug {sub or 'COMMAND'} ...` to see the "
             "traceback, and report it with that traceback.")
@@ -61,11 +61,10 @@ class RobustGroup(click.Group):
         except RobustError as exc:
             _show_traceback(debug)
             raise UserError(str(exc)) from None
-        except OSError as exc:  # the file system refused (permissions, full disk, a path that vanished)
-            _show_traceback(debug)
-            raise UserError(_os_message(exc)) from None
         except Exception as exc:
             _show_traceback(debug)
+            if isinstance(exc, OSError) and exc.filename:  # the file system refused: permissions, space, a lost path
+                raise UserError(_os_message(exc)) from None
             raise Crash(_crash_message(ctx, exc)) from None
 
 
