@@ -88,7 +88,12 @@ def load_spec(ref: str | Path | None) -> Spec:
             f"No run spec at {str(ref)!r}: expected a TOML file or a built-in spec name "
             f"({known_names(BUILTIN_SPECS)}). See README.md, 'Run specs', for the format."
         )
-    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RobustError(f"Spec {path} is not UTF-8 text, as TOML must be: byte {exc.object[exc.start]:#04x} at "
+                          f"position {exc.start} is not UTF-8. Save the file as UTF-8.") from None
+    return parse_spec(text, source=str(path))
 
 
 def _err(source: str, where: str, expected: str, got: Any) -> RobustError:

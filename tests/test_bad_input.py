@@ -208,6 +208,8 @@ SUMMARY = [
 RUN = [
     row("run {tmp}/nope.toml", "No run spec at", "expected a TOML file"),
     row("run {spec}", "is not valid TOML", spec="name = 'x'\n[[models]\n"),
+    row("run {tmp}/latin.toml", "is not UTF-8 text, as TOML must be", "byte 0xe9 at position 9",
+        setup=write("latin.toml", "name = 'r\xe9seau'\n".encode("latin-1"))),
     row("run {spec}", "unknown key 'colour' in the top level", "Allowed keys", spec="colour = 1\n" + OK_SPEC),
     row("run {spec}", "has no option 'widht'", "Its options are",
         spec=SPEC + '[[models]]\nname = "mlp"\noptions = { widht = 8 }\n'),
@@ -276,6 +278,8 @@ REPORT = [
     row("report {run}", "example_adv_pred must hold class indices in [0, 9]", "received values in", slow=True,
         setup=edit_arrays(lambda a: a.__setitem__("example_adv_pred", a["example_adv_pred"] + 50)),
         id="report-npz-bad-class"),
+    row("report {run}", "the figures folder", "is a file; expected a folder", slow=True, id="report-figures-is-a-file",
+        setup=lambda tmp: shutil.rmtree(tmp / "run" / "figures") or (tmp / "run" / "figures").write_text("x")),
     row("report {run}", "arrays/mlp.npz is missing", "results.json names it", slow=True,
         setup=lambda tmp: (tmp / "run" / "arrays" / "mlp.npz").unlink(), id="report-npz-gone"),
 ]

@@ -69,6 +69,6 @@ def report_command(run_dir) -> None:
     from robust.report import load_results, render_report
 
     load_results(run_dir)  # a missing or malformed results.json is named before anything else
-    check_writable(run_dir, what="the run folder")
+    check_writable(run_dir / "figures", what="the figures folder")
     paths = render_report(run_dir)
     click.echo(f"Wrote {paths['html']} and {paths['md']}")
