@@ -47,7 +47,7 @@ def row(cmd: str, *expect: str, spec: str | None = None, setup=None, slow: bool 
 
 
 def labels_npz(y_train, y_test=None, x_shape=(28, 28, 1), pixels=None):
-    def setup(tmp: Path):
+    def setup(tmp: Path, places: dict):
         n = len(y_train)
         x = np.zeros((n, *x_shape), np.uint8) if pixels is None else pixels
         np.savez(tmp / "data.npz", x_train=x, y_train=np.asarray(y_train),
@@ -56,14 +56,14 @@ def labels_npz(y_train, y_test=None, x_shape=(28, 28, 1), pixels=None):
 
 
 def write(name: str, content: str | bytes):
-    def setup(tmp: Path):
+    def setup(tmp: Path, places: dict):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return setup
 
 
 def edit_results(change):
-    def setup(tmp: Path):
+    def setup(tmp: Path, places: dict):
         path = tmp / "run" / "results.json"
         results = json.loads(path.read_text())
         path.write_text(json.dumps(change(results)))
@@ -71,12 +71,22 @@ def edit_results(change):
 
 
 def edit_arrays(change):
-    def setup(tmp: Path):
+    def setup(tmp: Path, places: dict):
         path = tmp / "run" / "arrays" / "mlp.npz"
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
         change(arrays)
         np.savez(path, **arrays)
+    return setup
+
+
+def model_with_card(**changes):
+    """{tmp}/m: a copy of the trained folder whose card has ``changes``."""
+    def setup(tmp: Path, places: dict):
+        shutil.copytree(places["model"], tmp / "m")
+        card = json.loads((tmp / "m" / "model.json").read_text())
+        (tmp / "m" / "model.json").write_text(json.dumps({**card, **changes}))
+    setup.needs_model = True
     return setup
 
 
@@ -136,9 +146,10 @@ TRAIN = [
         "received 5 labels for 20 images", setup=labels_npz(np.zeros(20, int), np.zeros(5, int)),
         id="train-label-count"),
     row("train mlp --dataset mnist --data {tmp}/data.npz --out {tmp}/m", "is not a .npz dataset file",
-        "is text starting with 'x_train,y_train'", setup=write("data.npz", "x_train,y_train\n1,2\n"), id="train-text-npz"),
+        "is text starting with 'x_train,y_train'", setup=write("data.npz", "x_train,y_train\n1,2\n"),
+        id="train-text-npz"),
     row("train mlp --dataset mnist --data {tmp}/data.npz --out {tmp}/m", "lacks 'x_test'", "received",
-        setup=lambda tmp: np.savez(tmp / "data.npz", x_train=np.zeros((2, 28, 28)), y_train=np.zeros(2),
+        setup=lambda tmp, places: np.savez(tmp / "data.npz", x_train=np.zeros((2, 28, 28)), y_train=np.zeros(2),
                                    y_test=np.zeros(2)), id="train-npz-missing-key"),
     row("train mlp --dataset mnist --data {tmp}/data.npz --out {tmp}/m", "has images of shape 32x32x3",
         "expected 28x28x1", setup=labels_npz(np.zeros(4, int), x_shape=(32, 32, 3)), id="train-wrong-shape"),
@@ -164,6 +175,10 @@ ATTACK = [
     row("attack {model} --dataset cifar10 --limit 20", "expects images of shape 28x28x1", "32x32x3"),
     row("attack {keras} --limit 20", ".keras file without a model card", "Pass --dataset"),
     row("attack {nocard} --limit 20", "is a folder without model.json", "Pass --dataset"),
+    row("attack {tmp}/m --limit 20", "records data_path=7; expected a file or folder path",
+        setup=model_with_card(data_path=7), id="attack-card-data-path"),
+    row("attack {tmp}/m --limit 20", "trained on --data gone.npz, which no longer exists", "Pass --data PATH",
+        setup=model_with_card(data_path="gone.npz"), id="attack-card-data-moved"),
     row("attack {tmp}/m --limit 20", "is not a model card", "received a JSON list",
         setup=write("m/model.json", "[]")),
     row("attack {tmp} --dataset mnist", "is a folder without model.keras", "received a folder holding nothing"),
@@ -223,7 +238,8 @@ RUN = [
     row("run {spec}", "has the label 'MLP', which models[0] already has", "give each its own label",
         spec=OK_SPEC + '[[models]]\nname = "lenet5"\nlabel = "MLP"\n'),
     row("run {spec}", "has the label '感知器', which models[0] already has",
-        spec=SPEC + '[[models]]\nname = "mlp"\nlabel = "感知器"\n[[models]]\nname = "lenet5"\nlabel = "感知器"\n'),
+        spec=SPEC + '[[models]]\nname = "mlp"\nlabel = "感知器"\n'
+        '[[models]]\nname = "lenet5"\nlabel = "感知器"\n'),
     row("run {spec}", "repeats model 'mlp' with the same options as models[0]",
         spec=SPEC + '[[models]]\nname = "mlp"\n[[models]]\nname = "mlp"\n'),
     row("run {spec}", "Unknown attack 'cw'", "Known attacks", spec=OK_SPEC + '[[attacks]]\nname = "cw"\n'),
@@ -279,9 +295,9 @@ REPORT = [
         setup=edit_arrays(lambda a: a.__setitem__("example_adv_pred", a["example_adv_pred"] + 50)),
         id="report-npz-bad-class"),
     row("report {run}", "the figures folder", "is a file; expected a folder", slow=True, id="report-figures-is-a-file",
-        setup=lambda tmp: shutil.rmtree(tmp / "run" / "figures") or (tmp / "run" / "figures").write_text("x")),
+        setup=lambda tmp, places: shutil.rmtree(tmp / "run" / "figures") or write("run/figures", "x")(tmp, places)),
     row("report {run}", "arrays/mlp.npz is missing", "results.json names it", slow=True,
-        setup=lambda tmp: (tmp / "run" / "arrays" / "mlp.npz").unlink(), id="report-npz-gone"),
+        setup=lambda tmp, places: (tmp / "run" / "arrays" / "mlp.npz").unlink(), id="report-npz-gone"),
 ]
 
 EVAL = [
@@ -359,7 +375,8 @@ def snapshot(*roots: Path) -> dict[str, str]:
 def test_bad_input(cmd, expect, spec, setup, request, tmp_path, monkeypatch, read_only):
     monkeypatch.chdir(tmp_path)
     places = {"tmp": str(tmp_path), "ro": str(read_only), "spec": str(tmp_path / "spec.toml")}
-    if any(f"{{{k}}}" in cmd + (spec or "") for k in ("model", "keras", "nocard")):
+    needs_model = any(f"{{{k}}}" in cmd + (spec or "") for k in ("model", "keras", "nocard"))
+    if needs_model or getattr(setup, "needs_model", False):
         places.update({k: str(v) for k, v in request.getfixturevalue("trained").items()})
     if "{run}" in cmd:
         shutil.copytree(request.getfixturevalue("run_folder"), tmp_path / "run")
@@ -369,7 +386,7 @@ def test_bad_input(cmd, expect, spec, setup, request, tmp_path, monkeypatch, rea
             spec = spec.replace("{%s}" % key, places.get(key, ""))
         (tmp_path / "spec.toml").write_text(spec, encoding="utf-8")
     if setup is not None:
-        setup(tmp_path)
+        setup(tmp_path, places)
     roots = [tmp_path] + [Path(places[k]) for k in ("model", "nocard") if k in places]
     before = snapshot(*roots)
 

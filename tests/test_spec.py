@@ -77,9 +77,9 @@ def test_spec_values_are_checked_before_anything_runs():
 
 
 def test_model_keys_stay_distinct_and_readable_for_any_label():
+    labels = ["多层感知器", "卷积网络", "Réseau", "🙂", "MLP", "mlp", "Mlp!"]
     text = "name = 'x'\n" + "".join(f"[[models]]\nname = 'mlp'\nlabel = '{label}'\noptions = {{ width = {i + 1} }}\n"
-                                     for i, label in enumerate(["多层感知器", "卷积网络", "Réseau", "🙂", "MLP", "mlp",
-                                                                "Mlp!"]))
+                                     for i, label in enumerate(labels))
     keys = [m.key for m in parse_spec(text).models]
     assert keys[:3] == ["多层感知器", "卷积网络", "réseau"]
     assert keys[3] == "mlp"  # nothing readable in the label: the model's name

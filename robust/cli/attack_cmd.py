@@ -37,6 +37,20 @@ def _no_dataset(model_ref: str) -> str:
     return f"{model_ref} is a .keras file without a model card"
 
 
+def _card_data_path(card: dict, model_ref: str) -> str | None:
+    """The --data path the model was trained with, as its card records it, when it is still there."""
+    path = card.get("data_path")
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise RobustError(f"The model card of {model_ref} records data_path={path!r}; expected a file or folder "
+                          "path (or null). Pass --data PATH to choose the data.")
+    if not Path(path).exists():
+        raise RobustError(f"The model card of {model_ref} says the model was trained on --data {path}, which no "
+                          "longer exists. Pass --data PATH with the same data (moved), or another --dataset.")
+    return path
+
+
 def _default_out(model_ref: str, name: str) -> Path:
     ref = Path(model_ref)
     return (ref if ref.is_dir() else ref.parent) / name
@@ -162,7 +176,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     if dataset is None:
         raise RobustError(f"{_no_dataset(model_ref)}, so it does not say what data the model was trained on. "
                           "Pass --dataset mnist, fashion_mnist or cifar10 (and --data PATH for your own files).")
-    data_path = data_path or (card.get("data_path") if dataset == card.get("dataset") else None)
+    data_path = data_path or (_card_data_path(card, model_ref) if dataset == card.get("dataset") else None)
     data = load_dataset(dataset, data_path, limit=limit, seed=seed)
     check_model_input(model, data.input_shape, data_name=f"the {dataset} data")
     value_range = tuple(card.get("value_range") or data.value_range)

@@ -31,9 +31,10 @@ class Crash(click.ClickException):
 
 def _crash_message(ctx: click.Context, exc: BaseException) -> str:
     sub = ctx.invoked_subcommand
+    command = f"robust {sub}" if sub else "robust"
     detail = str(exc).strip().splitlines()
     what = f"{type(exc).__name__}: {detail[0][:300]}" if detail else type(exc).__name__
-    return (f"{'robust ' + sub if sub else 'robust'} stopped on an unexpected error ({what}). This is a bug in robust, or in a "
+    return (f"{command} stopped on an unexpected error ({what}). This is a bug in robust, or in a "
             "plugin or model code it ran, not a mistake robust could explain in your input; files that were being "
             f"written were left as they were. Rerun with `robust --debug {sub or 'COMMAND'} ...` to see the "
             "traceback, and report it with that traceback.")
