@@ -359,8 +359,16 @@ def _parse_report(table: dict, eps: tuple[float, ...], source: str) -> dict:
 
 def _validate_attack(name: str, params: dict, where: str, source: str) -> None:
     """Build the attack once with a small eps so unknown names and bad parameters fail before any training."""
-    from robust.attacks import get_attack
+    from robust.attacks import attack_registry, get_attack
 
+    if params.get("targeted") is True:
+        raise RobustError(f"Spec {source}: {where} sets targeted = true, but a run spec has no target class to "
+                          "attack towards: a study measures untargeted robustness. Remove targeted, or use "
+                          "`robust attack MODEL --targeted --target C`.")
+    defaults = getattr(attack_registry().get(name.strip().lower()), "parameters", dict)()
+    for key, value in params.items():
+        if isinstance(defaults.get(key), bool) and not isinstance(value, bool):  # a truthy string is not a yes
+            raise _err(source, f"{where}.{key}", "true or false", value)
     try:
         get_attack(name, eps=0.0, **params)
     except RobustError as exc:
