@@ -2,7 +2,8 @@
 
 Each command lives in its own module of this package; they parse and
 validate options, call the library and print. A :class:`robust.RobustError`
-becomes a one-paragraph message and exit code 2, never a traceback.
+becomes a one-paragraph message and exit code 2, never a traceback; any other
+exception one paragraph and exit code 1 (``robust --debug`` shows its traceback).
 """
 
 from __future__ import annotations
