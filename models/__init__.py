@@ -9,13 +9,16 @@ named layers that outputs logits. Look models up by name with
 from robust.models.registry import (
     ModelPlugin,
     ModelSpec,
+    Option,
     build_model,
+    check_buildable,
     check_model_input,
     count_params,
     get_spec,
     ready_models,
     registry,
+    validate_options,
 )
 
-__all__ = ["ModelPlugin", "ModelSpec", "build_model", "check_model_input", "count_params", "get_spec",
-           "ready_models", "registry"]
+__all__ = ["ModelPlugin", "ModelSpec", "Option", "build_model", "check_buildable", "check_model_input",
+           "count_params", "get_spec", "ready_models", "registry", "validate_options"]

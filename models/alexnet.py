@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from robust.models.registry import ModelSpec
+from robust.models.registry import ModelSpec, Option
 
 
 def alexnet_small(input_shape=(32, 32, 3), num_classes=10, *, width=64, dropout=0.5):
@@ -47,6 +47,7 @@ ALEXNET_SMALL = ModelSpec(
     description="AlexNet-style small CNN: 2x (conv 5x5, max-pool 3x3/2), dense 384, 192, output",
     input_shapes="HxWxC with H, W >= 16, any C",
     check_input=_check,
-    options={"width": 64, "dropout": 0.5},
+    options={"width": Option(64, "int", minimum=1, maximum=4096, help="filters in each conv layer"),
+             "dropout": Option(0.5, "float", minimum=0, maximum=1, below_maximum=True, help="dropout rate")},
     kind="conv",
 )

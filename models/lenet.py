@@ -5,7 +5,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from robust.models.registry import ModelSpec
+from robust.models.registry import ModelSpec, Option
+
+#: Element-wise activations of keras.activations that LeNet-5's hidden layers may use.
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "silu", "softplus", "softsign",
+               "leaky_relu", "relu6", "mish", "hard_sigmoid", "hard_silu", "linear")
 
 
 def lenet5(input_shape=(28, 28, 1), num_classes=10, *, activation="relu", pooling="max"):
@@ -56,6 +60,7 @@ LENET5 = ModelSpec(
     description="LeNet-5 (LeCun et al. 1998): conv 6@5x5, pool, conv 16@5x5, pool, 120, 84, output",
     input_shapes="HxWxC with H, W >= 28 (28x28 is padded to 32x32 as in the paper), any C",
     check_input=_check,
-    options={"activation": "relu", "pooling": "max"},
+    options={"activation": Option("relu", "choice", choices=ACTIVATIONS, help="activation of the hidden layers"),
+             "pooling": Option("max", "choice", choices=("max", "avg"), help="subsampling")},
     kind="conv",
 )

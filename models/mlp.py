@@ -8,7 +8,7 @@ import keras
 from keras import layers
 
 from robust.errors import RobustError
-from robust.models.registry import ModelSpec, build_model, count_params
+from robust.models.registry import ModelSpec, Option, build_model, check_buildable, count_params
 
 
 def matched_width(target_params: int, input_size: int, num_classes: int, depth: int) -> int:
@@ -65,12 +65,40 @@ def mlp(input_shape=(28, 28, 1), num_classes=10, *, depth=2, width=512, dropout=
     return keras.Model(inputs, outputs, name=name)
 
 
+def _check_options(options: dict, input_shape, num_classes: int) -> None:
+    """match names another zoo model (not mlp) that fits the data; width and match exclude each other."""
+    match = options.get("match")
+    if match is None:
+        if options.get("match_options"):
+            raise RobustError("Model 'mlp' option match_options applies only with match=MODEL; received "
+                              f"match_options={options['match_options']!r} without match.")
+        return
+    if match == "mlp":
+        raise RobustError("Model 'mlp' option match must name a ConvNet such as 'lenet5'; received match='mlp' "
+                          "(an MLP cannot be matched to itself).")
+    if "width" in options:
+        raise RobustError(f"Model 'mlp' options width and match exclude each other: match={match!r} solves for "
+                          f"the width; received width={options['width']!r} too. Pass one of them.")
+    try:
+        check_buildable(match, input_shape, num_classes, options.get("match_options"))
+    except RobustError as exc:
+        raise RobustError(f"Model 'mlp' option match={match!r}: {exc}") from None
+
+
 MLP = ModelSpec(
     name="mlp",
     build=mlp,
     description="fully connected baseline: flatten, hidden ReLU layers, logits (match=MODEL matches a ConvNet's size)",
     input_shapes="any HxWxC (the image is flattened)",
     check_input=lambda input_shape, num_classes: None,
-    options={"depth": 2, "width": 512, "dropout": 0.2, "match": None, "match_options": None},
+    options={
+        "depth": Option(2, "int", minimum=1, maximum=64, help="hidden layers"),
+        "width": Option(512, "int", minimum=1, maximum=65536, help="units per hidden layer"),
+        "dropout": Option(0.2, "float", minimum=0, maximum=1, below_maximum=True,
+                          help="dropout rate after each hidden layer"),
+        "match": Option(None, "str", optional=True, help="a ConvNet of the zoo whose parameter count to match"),
+        "match_options": Option(None, "table", optional=True, help="options of that ConvNet"),
+    },
+    check_options=_check_options,
     kind="fc",
 )

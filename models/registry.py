@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import math
 import warnings
 from typing import Any, Callable
 
@@ -25,6 +26,96 @@ from robust.errors import RobustError, known_names
 ENTRY_POINT_GROUP = "robust.models"
 
 Shape = tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A builder option's type, default and allowed range, checked before any model is built.
+
+    Attributes:
+        default: the builder's default value.
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``choices``), ``"str"``,
+            ``"table"`` (a dict of options) or ``"any"`` (unchecked; options of plugins that
+            declare only a default).
+        minimum, maximum: inclusive bounds of a number (``None``: unbounded).
+        below_maximum: the maximum itself is excluded (a dropout rate must be below 1).
+        choices: the allowed values of a ``"choice"`` option.
+        optional: ``None`` is allowed too.
+        help: one line for ``robust models``.
+    """
+
+    default: Any
+    kind: str
+    minimum: float | None = None
+    maximum: float | None = None
+    below_maximum: bool = False
+    choices: tuple = ()
+    optional: bool = False
+    help: str = ""
+
+    @classmethod
+    def infer(cls, default: Any) -> "Option":
+        """The declaration of an option a plugin gave only as a default: its type is the default's type."""
+        if isinstance(default, Option):
+            return default
+        for py_type, kind in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "table")):
+            if isinstance(default, py_type):
+                return cls(default, kind)
+        return cls(default, "any")
+
+    def expected(self) -> str:
+        """What a valid value is, in words: ``an integer in [1, 64]``."""
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind in ("int", "float"):
+            noun = "an integer" if self.kind == "int" else "a number"
+            lo, hi = self.minimum, self.maximum
+            if lo is not None and hi is not None:
+                text = f"{noun} in [{lo:g}, {hi:g}{')' if self.below_maximum else ']'}"
+            elif lo is not None:
+                text = f"{noun} >= {lo:g}"
+            else:
+                text = noun if hi is None else f"{noun} {'<' if self.below_maximum else '<='} {hi:g}"
+        else:
+            text = {"bool": "true or false", "str": "a string", "table": "a table of options such as "
+                    "{ width = 0.25 }", "any": "any value"}[self.kind]
+        return text + (" or none" if self.optional else "")
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the builder takes it (an int given for a float option becomes a float).
+
+        Raises:
+            ValueError: the value is not what :meth:`expected` says.
+        """
+        if value is None and (self.optional or self.kind == "any"):
+            return None
+        ok, out = self._convert(value)
+        if not ok:
+            raise ValueError(self.expected())
+        return out
+
+    def _convert(self, value: Any) -> tuple[bool, Any]:
+        if self.kind == "any":
+            return True, value
+        if self.kind == "bool":
+            return isinstance(value, bool), value
+        if self.kind in ("str", "choice"):
+            return isinstance(value, str) and (self.kind == "str" or value in self.choices), value
+        if self.kind == "table":
+            return isinstance(value, dict), value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.kind == "int" and not isinstance(value, int):
+            number = False
+        if not number or not math.isfinite(value):
+            return False, value
+        value = float(value) if self.kind == "float" else int(value)
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and (value >= self.maximum if self.below_maximum else value > self.maximum)
+        return not (too_low or too_high), value
+
+    def describe(self) -> str:
+        """``512 (an integer in [1, 65536])`` for ``robust models``."""
+        return f"{self.default!r} ({self.expected()})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +130,11 @@ class ModelSpec:
         input_shapes: human description of the accepted inputs.
         check_input: ``check_input(input_shape, num_classes)`` returns ``None``
             when the shape is accepted, otherwise a short reason.
-        options: the builder's keyword options and their defaults.
+        options: the builder's keyword options: name -> :class:`Option` (type, default and
+            range), or name -> default for a plugin that declares only defaults (the type is
+            then the default's).
+        check_options: optional ``check_options(options, input_shape, num_classes)`` for rules
+            across options (raises RobustError); runs after every option passed its own check.
         kind: ``"conv"`` or ``"fc"`` (reports group ConvNets vs baselines).
         source: where the entry was registered (filled in by the registry).
     """
@@ -52,6 +147,14 @@ class ModelSpec:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     kind: str = "conv"
     source: str = "built-in"
+    check_options: Callable[[dict, Shape, int], None] | None = None
+
+    def declared(self) -> dict[str, Option]:
+        """Every option as an :class:`Option`."""
+        return {k: Option.infer(v) for k, v in self.options.items()}
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: o.default for k, o in self.declared().items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +260,39 @@ def format_shape(shape: Shape) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def build_model(name: str, input_shape: Shape, num_classes: int, **options: Any):
-    """Build the registered model ``name`` for images of ``input_shape`` (H, W, C).
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``options`` of zoo model ``name`` against their declarations; return them as the builder takes them.
 
-    The input shape is checked against what the model accepts before Keras
-    sees it, so a mismatch is explained in plain words instead of by a
-    TensorFlow shape error deep in a layer.
+    Raises:
+        RobustError: an unknown option, or a value of the wrong type or out of range,
+            saying what was expected and what was received.
+    """
+    spec = get_spec(name)
+    if not isinstance(options, dict):
+        raise RobustError(f"Options of model {name!r} must be a table of KEY = VALUE; received {options!r}.")
+    declared = spec.declared()
+    unknown = set(options) - set(declared)
+    if unknown:
+        raise RobustError(
+            f"Model {name!r} has no option {known_names(unknown)}. Its options are: "
+            f"{', '.join(f'{k}={o.describe()}' for k, o in declared.items()) or 'none'}."
+        )
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = declared[key].check(value)
+        except ValueError as exc:
+            raise RobustError(f"Model {name!r} option {key} must be {exc}; received {value!r}.") from None
+    return out
+
+
+def check_buildable(name: str, input_shape: Shape, num_classes: int, options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Everything :func:`build_model` checks, without building: the name, the input shape, the number of
+    classes and every option. Returns the options as the builder takes them.
+
+    Run it before any work starts (a spec with five models is checked whole
+    before the first one trains).
     """
     spec = get_spec(name)
     input_shape = tuple(int(d) for d in input_shape)
@@ -179,13 +309,21 @@ def build_model(name: str, input_shape: Shape, num_classes: int, **options: Any)
             f"Model {name!r} cannot take images of shape {format_shape(input_shape)}: {reason} "
             f"It accepts {spec.input_shapes}."
         )
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        raise RobustError(
-            f"Model {name!r} has no option {known_names(unknown)}. Its options are: "
-            f"{', '.join(f'{k}={v!r}' for k, v in spec.options.items()) or 'none'}."
-        )
-    return spec.build(input_shape, num_classes, **options)
+    options = validate_options(name, dict(options or {}))
+    if spec.check_options is not None:
+        spec.check_options(options, input_shape, num_classes)
+    return options
+
+
+def build_model(name: str, input_shape: Shape, num_classes: int, **options: Any):
+    """Build the registered model ``name`` for images of ``input_shape`` (H, W, C).
+
+    The input shape and the options are checked (:func:`check_buildable`)
+    before Keras sees them, so a mismatch is explained in plain words instead
+    of by a TensorFlow shape error deep in a layer.
+    """
+    options = check_buildable(name, input_shape, num_classes, options)
+    return get_spec(name).build(tuple(int(d) for d in input_shape), num_classes, **options)
 
 
 def check_model_input(model, input_shape: Shape, *, data_name: str = "the data") -> None:

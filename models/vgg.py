@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from robust.errors import RobustError
-from robust.models.registry import ModelSpec
+from robust.models.registry import ModelSpec, Option
 
 # Filters per block; the number of 3x3 convolutions per block gives the depth
 # (configurations A, B, D and E of the paper's Table 1).
@@ -87,7 +87,12 @@ def _spec(depth):
         description=f"VGG-{depth} (Simonyan & Zisserman 2015); width multiplier, batch norm, CIFAR or ImageNet head",
         input_shapes="HxWxC with H, W >= 32: 32x32x3 CIFAR head, 224x224x3 ImageNet head",
         check_input=_check,
-        options={"width": 1.0, "batch_norm": False, "head": "auto", "dropout": 0.5},
+        options={
+            "width": Option(1.0, "float", minimum=1 / 64, maximum=16, help="multiplier on the filter counts"),
+            "batch_norm": Option(False, "bool", help="batch normalization after every convolution"),
+            "head": Option("auto", "choice", choices=("auto", "cifar", "imagenet"), help="classifier head"),
+            "dropout": Option(0.5, "float", minimum=0, maximum=1, below_maximum=True, help="dropout rate in the head"),
+        },
         kind="conv",
     )
 

@@ -10,6 +10,8 @@ a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import json
 import os
 import tempfile
@@ -23,27 +25,131 @@ MODEL_FILE = "model.keras"
 CARD_FILE = "model.json"
 
 
+#: Files written inside :func:`all_or_nothing`: (temporary file, final path), renamed into place at its end.
+_STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("robust_staged", default=None)
+
+
+def _write_error(path: Path, exc: OSError) -> RobustError:
+    reason = exc.strerror or str(exc)
+    return RobustError(
+        f"Could not write {path}: {reason} ({errno.errorcode.get(exc.errno, 'OSError')}). Expected a writable "
+        "location with free space; nothing was half-written there (a previous file, if any, is unchanged). "
+        "Free some space, fix the permissions, or choose another output location."
+    )
+
+
+def check_writable(path: str | os.PathLike, *, kind: str = "folder", what: str = "output",
+                   min_free_bytes: int = 1 << 20) -> None:
+    """Raise a RobustError unless ``path`` (a folder, or a file to write) can be written; create nothing.
+
+    Run before the work starts, so that a read-only, full or mistyped output
+    location is refused at once instead of after an hour of training. The
+    nearest existing folder must take a new file (probed with a temporary one,
+    removed at once) and have ``min_free_bytes`` free.
+
+    Args:
+        path: the output folder, or the output file when ``kind="file"``.
+        kind: ``"folder"`` or ``"file"``.
+        what: names the output in the message (e.g. ``"--out"``).
+        min_free_bytes: free space below which the location counts as full.
+    """
+    path = Path(path)
+    try:
+        if path.exists() and kind == "folder" and not path.is_dir():
+            raise RobustError(f"{what} {path} is a file; expected a folder (existing or new). Choose another path.")
+        if path.exists() and kind == "file" and not path.is_file():
+            raise RobustError(f"{what} {path} is {'a folder' if path.is_dir() else 'not a regular file'}; "
+                              "expected the name of a file to write, such as results.json.")
+        probe = path if kind == "folder" else path.parent
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise RobustError(f"{what} {path} cannot be created: {probe} is a file, not a folder. "
+                              "Expected a path inside a writable folder; choose another one.")
+        fd, tmp = tempfile.mkstemp(prefix=".robust-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+        stat = os.statvfs(probe)
+    except OSError as exc:
+        raise RobustError(f"{what} {path} is not writable: {exc.strerror or exc} in {exc.filename or path}. "
+                          "Expected a folder you can write to; fix its permissions or choose another "
+                          "location.") from None
+    free = stat.f_bavail * stat.f_frsize
+    if free < min_free_bytes:
+        raise RobustError(f"{what} {path} is on a full disk: {free:,} bytes free in {probe}, at least "
+                          f"{min_free_bytes:,} needed. Free some space or choose another location.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     On any exception (or KeyboardInterrupt) the temporary file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. A failed write (read-only, full disk) is a
+    :class:`RobustError` naming the path. Inside :func:`all_or_nothing` the
+    rename waits until every file of the group is written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual mode
+    staged = _STAGED.get()
+    done = False
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual mode
         yield tmp_path
-        os.replace(tmp_path, path)
+        if staged is None:
+            os.replace(tmp_path, path)
+        else:
+            staged.append((tmp_path, path))
+        done = True
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     finally:
-        if tmp_path.exists():
+        if not done and tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Group writes: files written through :func:`atomic_path` inside replace their targets only when
+    the whole block succeeds; on any error every one of them is dropped and the old files stay.
+
+    ``robust report`` renders figures, report.html and report.md this way, so a
+    failure half-way never leaves new figures beside an old report.
+    """
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    try:
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except OSError as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise _write_error(Path(exc.filename or staged[0][1]), exc) from None
+
+
+def pending(path: str | os.PathLike) -> Path:
+    """Where the content of ``path`` is now: its staged temporary file inside :func:`all_or_nothing`, else itself."""
+    path = Path(path)
+    for tmp, final in reversed(_STAGED.get() or []):
+        if final == path:
+            return tmp
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -82,12 +188,13 @@ def save_trained(directory: str | os.PathLike, model, card: dict) -> None:
     """Write ``model.keras`` then ``model.json`` into ``directory``, each atomically.
 
     The card is written last: a directory with a card always has its model.
+    A write that fails (full disk) leaves the previous model and card as they were.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # An old card must not outlive its model: drop it before the new model lands.
-    (directory / CARD_FILE).unlink(missing_ok=True)
-    save_model(directory / MODEL_FILE, model)
+    with atomic_path(directory / MODEL_FILE, suffix=".keras") as tmp:
+        model.save(tmp)
+        # An old card must not outlive its model: drop it just before the new model lands.
+        (directory / CARD_FILE).unlink(missing_ok=True)
     write_json(directory / CARD_FILE, card)
 
 
@@ -100,14 +207,75 @@ def save_trained_bytes(directory: str | os.PathLike, keras_bytes: bytes, card: d
     write_json(directory / CARD_FILE, card)
 
 
+def read_npz(path: str | os.PathLike, *, what: str = "arrays file") -> dict:
+    """All arrays of a ``.npz`` file, read without pickle; anything else is a RobustError saying what it is.
+
+    Args:
+        path: the file.
+        what: names the file's role in the message (``"dataset file"``).
+
+    Returns:
+        ``{name: numpy array}``, loaded into memory.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise RobustError(f"No {what} at {path}: expected a .npz file.")
+    if not zipfile.is_zipfile(path):
+        raise RobustError(f"{path} is not a .npz {what}: a .npz file is a zip archive of numpy arrays, and this "
+                          f"file {_looks_like(path)}.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise RobustError(f"{path} holds Python objects (an object array, stored as a pickle), which robust "
+                              f"never loads. Expected a .npz {what} of plain numeric arrays.") from None
+        raise RobustError(f"{path} is a damaged .npz {what}: {str(exc).splitlines()[0]}.") from None
+    except Exception as exc:
+        raise RobustError(f"{path} is a damaged or truncated .npz {what} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}). Re-create it.") from None
+
+
+def _looks_like(path: Path) -> str:
+    """A few words on what a file holds, from its first bytes."""
+    head = path.read_bytes()[:64]
+    if not head:
+        return "is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a single .npy array, not an archive of them"
+    if head.startswith(b"PK"):
+        return "starts like a zip archive but cannot be read as one (truncated or damaged)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or not all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return f"starts with the bytes {head[:16]!r}"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"is text starting with {first!r}"
+
+
 def read_card(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CARD_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RobustError(f"{path} is not a readable model card (JSON): {exc}.") from None
+    if not isinstance(card, dict):
+        raise RobustError(f"{path} is not a model card: expected a JSON object as `robust train` writes; received "
+                          f"a JSON {type(card).__name__}.")
+    return card
+
+
+def _listing(folder: Path, most: int = 5) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return "nothing"
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
@@ -129,7 +297,8 @@ def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
         if not (path / MODEL_FILE).is_file():
             raise RobustError(
                 f"{path} is a folder without {MODEL_FILE}. Expected a folder written by `robust train` "
-                f"(with {MODEL_FILE} and {CARD_FILE}) or a .keras file."
+                f"(with {MODEL_FILE} and {CARD_FILE}) or a .keras file; received a folder holding "
+                f"{_listing(path)}."
             )
         path = path / MODEL_FILE
     elif not path.exists():

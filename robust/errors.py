@@ -3,7 +3,8 @@
 Every error caused by what a user passed in (a name, a shape, a file, an
 option value) is a :class:`RobustError`: one paragraph that says what was
 expected, what was received and how to fix it. The CLI turns it into exit
-code 2 without a traceback; anything else is a bug and keeps its traceback.
+code 2 without a traceback; anything else is a bug: one paragraph and exit
+code 1, with the traceback under ``robust --debug``.
 """
 
 from __future__ import annotations

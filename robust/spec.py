@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,8 @@ _TOP = {"name", "title", "seed", "data", "training", "models", "attacks", "eps",
 _FOOLING_DEFAULTS = {"enabled": True, "classes": "all", "seeds": 1, "threshold": 0.99, "max_steps": 300,
                      "step_size": None, "l2_decay": 0.0, "blur_every": 0, "jitter": 0}
 _REPORT_DEFAULTS = {"examples": 8, "example_eps": None, "saliency": 6}
+_MODEL_KEYS = {"name", "ref", "label", "options", "epochs", "batch_size", "lr", "value_range", "unsafe"}
+_KEY_CHARS = 48  # folder keys stay short: they name files and folders of the run
 
 
 def load_spec(ref: str | Path | None) -> Spec:
@@ -84,7 +88,12 @@ def load_spec(ref: str | Path | None) -> Spec:
             f"No run spec at {str(ref)!r}: expected a TOML file or a built-in spec name "
             f"({known_names(BUILTIN_SPECS)}). See README.md, 'Run specs', for the format."
         )
-    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RobustError(f"Spec {path} is not UTF-8 text, as TOML must be: byte {exc.object[exc.start]:#04x} at "
+                          f"position {exc.start} is not UTF-8. Save the file as UTF-8.") from None
+    return parse_spec(text, source=str(path))
 
 
 def _err(source: str, where: str, expected: str, got: Any) -> RobustError:
@@ -106,99 +115,170 @@ def _check_keys(table: dict, allowed, where: str, source: str) -> None:
                           f"Allowed keys: {known_names(allowed)}.")
 
 
-def _int(value, where, source, minimum=1, optional=False):
+def _int(value, where, source, minimum=1, optional=False, maximum=None):
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _err(source, where, f"an integer >= {minimum}", value)
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        raise _err(source, where, f"an integer >= {minimum}" if maximum is None
+                   else f"an integer in [{minimum}, {maximum}]", value)
     return value
 
 
 def _number(value, where, source, minimum=0.0):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < minimum):
         raise _err(source, where, f"a number >= {minimum}", value)
     return float(value)
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    """A folder-safe key that stays readable for any script: letters, digits and marks of every language
+    are kept (NFKC-normalised, case-folded), every other run of characters becomes one '-'."""
+    text = unicodedata.normalize("NFKC", str(text)).casefold()
+    kept = "".join(ch if unicodedata.category(ch)[0] in "LNM" else "-" for ch in text)
+    return re.sub(r"-+", "-", kept).strip("-")[:_KEY_CHARS].strip("-")
 
 
 def parse_spec(text: str, *, source: str = "<string>") -> Spec:
-    """Parse and validate spec TOML; every mistake is a RobustError naming the key."""
+    """Parse and validate a whole spec; every mistake is a RobustError naming the key.
+
+    Everything that can be checked without data is checked here, before a run
+    starts: names, types and ranges, every model's options and whether it
+    takes the dataset's images, attack parameters, the fooling classes.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RobustError(f"Spec {source} is not valid TOML: {exc}.") from None
     _check_keys(raw, _TOP, "the top level", source)
     name = raw.get("name", "study")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
         raise _err(source, "name", "a name of letters, digits, '.', '_' or '-' (it names the output folder)", name)
-    seed = _int(raw.get("seed", 0), "seed", source, minimum=0)
+    title = raw.get("title", name)
+    if not isinstance(title, str):
+        raise _err(source, "title", "a string", title)
+    seed = _int(raw.get("seed", 0), "seed", source, minimum=0, maximum=2**32 - 1)
+    data = _parse_data(_table(raw, "data", source), source)
+    models = _parse_models(raw, _parse_training(_table(raw, "training", source), source), data["dataset"], source)
+    eps = _parse_eps(_table(raw, "eps", source), models, source)
+    return Spec(
+        name=name, title=title, seed=seed, **data, models=models, attacks=_parse_attacks(raw, source), eps=eps,
+        fooling=_parse_fooling(_table(raw, "fooling", source), data["dataset"], source),
+        report=_parse_report(_table(raw, "report", source), eps, source), source=source,
+    )
 
-    data = _table(raw, "data", source)
-    _check_keys(data, {"dataset", "path", "train_limit", "test_limit"}, "[data]", source)
+
+def _parse_data(data: dict, source: str) -> dict:
     from robust.data import DATASETS
 
+    _check_keys(data, {"dataset", "path", "train_limit", "test_limit"}, "[data]", source)
     dataset = data.get("dataset", "mnist")
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:
         raise _err(source, "data.dataset", f"one of {known_names(DATASETS)}", dataset)
     path = data.get("path")
-    if path is not None and not isinstance(path, str):
+    if path is not None and (not isinstance(path, str) or not path):
         raise _err(source, "data.path", "a file or folder path", path)
+    if path is not None and not Path(path).exists():
+        raise _err(source, "data.path", "an existing .npz file or data folder (relative paths start in the "
+                   "current folder)", path)
+    return {"dataset": dataset, "data_path": path,
+            "train_limit": _int(data.get("train_limit"), "data.train_limit", source, optional=True),
+            "test_limit": _int(data.get("test_limit", 1000), "data.test_limit", source, optional=True)}
 
-    training = _table(raw, "training", source)
+
+def _parse_training(training: dict, source: str) -> dict:
     _check_keys(training, {"epochs", "batch_size", "lr"}, "[training]", source)
-    epochs = _int(training.get("epochs", 5), "training.epochs", source)
-    batch_size = _int(training.get("batch_size", 128), "training.batch_size", source)
-    lr = _number(training.get("lr", 1e-3), "training.lr", source, minimum=1e-12)
+    return {"epochs": _int(training.get("epochs", 5), "training.epochs", source),
+            "batch_size": _int(training.get("batch_size", 128), "training.batch_size", source),
+            "lr": _number(training.get("lr", 1e-3), "training.lr", source, minimum=1e-12)}
 
+
+def _parse_models(raw: dict, training: dict, dataset: str, source: str) -> tuple[ModelEntry, ...]:
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise _err(source, "[[models]]", "at least one model table such as [[models]] name = \"lenet5\"", models_raw)
-    from robust.models import get_spec as get_model_spec
-
-    models, keys = [], set()
+    entries, labels, keys = [], {}, set()
     for i, m in enumerate(models_raw):
         where = f"models[{i}]"
         if not isinstance(m, dict) or ("name" in m) == ("ref" in m):
             raise _err(source, where, "a table with either name (a zoo model to train) or ref (a ready model)", m)
-        _check_keys(m, {"name", "ref", "label", "options", "epochs", "batch_size", "lr", "value_range", "unsafe"},
-                    where, source)
-        if "ref" in m:
-            ref = m["ref"]
-            if not isinstance(ref, str) or not ref:
-                raise _err(source, f"{where}.ref", "a model reference (file, folder, module:factory or plugin name)", ref)
-            vr = m.get("value_range")
-            if vr is not None and not (isinstance(vr, list) and len(vr) == 2
-                                       and all(isinstance(v, (int, float)) for v in vr) and vr[0] < vr[1]):
-                raise _err(source, f"{where}.value_range", "[low, high] with low < high", vr)
-            label = str(m.get("label") or ref)
-            key = _slug(label)
-            if key in keys:
-                raise RobustError(f"Spec {source}: {where} repeats model {label!r}.")
-            keys.add(key)
-            models.append(ModelEntry(name=ref, label=label, key=key, options={}, epochs=0, batch_size=batch_size,
-                                     lr=lr, ref=ref, value_range=tuple(vr) if vr else None,
-                                     unsafe=bool(m.get("unsafe", False))))
-            continue
-        get_model_spec(m["name"])  # unknown name: error listing the known ones
-        options = m.get("options", {})
-        if not isinstance(options, dict):
-            raise _err(source, f"{where}.options", "a table of builder options", options)
-        label = m.get("label") or (m["name"] + "".join(f" {k}={v}" for k, v in options.items()))
-        key = _slug(str(m["label"])) if m.get("label") else _slug(m["name"] + ("-" + _short_hash(options) if options else ""))
-        if key in keys:
-            raise RobustError(f"Spec {source}: {where} repeats model {m['name']!r} with the same options.")
+        _check_keys(m, _MODEL_KEYS, where, source)
+        entry, base, labelled = (_ref_model(m, training, where, source) if "ref" in m
+                                 else _zoo_model(m, training, dataset, where, source))
+        same = labels.get(unicodedata.normalize("NFC", entry.label))
+        if same is not None:
+            if labelled:
+                raise RobustError(f"Spec {source}: {where} has the label {entry.label!r}, which models[{same}] "
+                                  "already has. Labels name the models in the report: give each its own label.")
+            raise RobustError(f"Spec {source}: {where} repeats model {entry.name!r} with the same options as "
+                              f"models[{same}]. Remove one, or change its options or label.")
+        labels[unicodedata.normalize("NFC", entry.label)] = i
+        key = base if base not in keys else f"{base}-{_short_hash(entry.label)}"
         keys.add(key)
-        models.append(ModelEntry(
-            name=m["name"], label=str(label), key=key, options=options,
-            epochs=_int(m.get("epochs", epochs), f"{where}.epochs", source),
-            batch_size=_int(m.get("batch_size", batch_size), f"{where}.batch_size", source),
-            lr=_number(m.get("lr", lr), f"{where}.lr", source, minimum=1e-12),
-        ))
+        entries.append(dataclasses.replace(entry, key=key))
+    return tuple(entries)
 
-    eps_table = _table(raw, "eps", source)
+
+def _label(m: dict, default: str, where: str, source: str) -> tuple[str, bool]:
+    """The model's label and whether the spec gave it."""
+    label = m.get("label")
+    if label is None:
+        return default, False
+    if not isinstance(label, str) or not label.strip():
+        raise _err(source, f"{where}.label", "a non-empty string", label)
+    return label, True
+
+
+def _zoo_model(m: dict, training: dict, dataset: str, where: str, source: str) -> tuple[ModelEntry, str, bool]:
+    """A model the study trains: its options are checked, and that it takes the dataset's images."""
+    from robust.data import DATASETS
+    from robust.models import check_buildable
+
+    name, options = m["name"], m.get("options", {})
+    if not isinstance(name, str):
+        raise _err(source, f"{where}.name", "the name of a zoo model (see `robust models`)", name)
+    if not isinstance(options, dict):
+        raise _err(source, f"{where}.options", "a table of builder options", options)
+    info = DATASETS[dataset]
+    try:
+        options = check_buildable(name, info.image_shape, len(info.class_names), options)
+    except RobustError as exc:
+        raise RobustError(f"Spec {source}: {where} (on {dataset}): {exc}") from None
+    label, labelled = _label(m, name + "".join(f" {k}={v}" for k, v in options.items()), where, source)
+    base = _slug(label) if labelled else _slug(name + ("-" + _short_hash(options) if options else ""))
+    entry = ModelEntry(
+        name=name, label=label, key="", options=options,
+        epochs=_int(m.get("epochs", training["epochs"]), f"{where}.epochs", source),
+        batch_size=_int(m.get("batch_size", training["batch_size"]), f"{where}.batch_size", source),
+        lr=_number(m.get("lr", training["lr"]), f"{where}.lr", source, minimum=1e-12),
+    )
+    return entry, base or _slug(name) or "model", labelled
+
+
+def _ref_model(m: dict, training: dict, where: str, source: str) -> tuple[ModelEntry, str, bool]:
+    """A ready model, evaluated as it is (loaded and checked against the data when the run starts)."""
+    ref = m["ref"]
+    if not isinstance(ref, str) or not ref:
+        raise _err(source, f"{where}.ref", "a model reference (file, folder, module:factory or plugin name)", ref)
+    extra = set(m) & {"options", "epochs", "batch_size", "lr"}
+    if extra:
+        raise RobustError(f"Spec {source}: {where} is a ready model (ref), which is never trained or built, so "
+                          f"{known_names(extra)} cannot apply to it; received {known_names(extra)}.")
+    vr = m.get("value_range")
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if vr is not None and not (isinstance(vr, list) and len(vr) == 2 and all(map(finite, vr)) and vr[0] < vr[1]):
+        raise _err(source, f"{where}.value_range", "[low, high] of finite numbers with low < high", vr)
+    unsafe = m.get("unsafe", False)
+    if not isinstance(unsafe, bool):
+        raise _err(source, f"{where}.unsafe", "true or false", unsafe)
+    label, labelled = _label(m, ref, where, source)
+    entry = ModelEntry(name=ref, label=label, key="", options={}, epochs=0, batch_size=training["batch_size"],
+                       lr=training["lr"], ref=ref, value_range=tuple(vr) if vr else None, unsafe=unsafe)
+    return entry, _slug(label) or _slug(Path(ref).stem) or "model", labelled
+
+
+def _parse_eps(eps_table: dict, models, source: str) -> tuple[float, ...]:
     _check_keys(eps_table, {"values"}, "[eps]", source)
     eps_values = eps_table.get("values", [0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
     if not isinstance(eps_values, list) or not eps_values:
@@ -207,15 +287,18 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
     widest = max([1.0] + [m.value_range[1] - m.value_range[0] for m in models if m.value_range])
     if eps[-1] > widest:
         raise _err(source, "eps.values", f"numbers in [0, {widest:g}] (the models' input value range)", eps_values)
+    return eps
 
+
+def _parse_attacks(raw: dict, source: str) -> tuple[AttackEntry, ...]:
     attacks_raw = raw.get("attacks", [{"name": "fgsm"}, {"name": "pgd"}])
     if not isinstance(attacks_raw, list) or not attacks_raw:
         raise _err(source, "[[attacks]]", "at least one attack table such as [[attacks]] name = \"pgd\"", attacks_raw)
     attacks, akeys = [], set()
     for i, a in enumerate(attacks_raw):
         where = f"attacks[{i}]"
-        if not isinstance(a, dict) or "name" not in a:
-            raise _err(source, where, "a table with a name", a)
+        if not isinstance(a, dict) or not isinstance(a.get("name"), str):
+            raise _err(source, where, "a table with a name such as name = \"pgd\"", a)
         params = {k: v for k, v in a.items() if k != "name"}
         if "eps" in params:
             raise RobustError(f"Spec {source}: {where} sets eps; the eps grid is shared by all attacks, set it "
@@ -229,42 +312,68 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
             raise RobustError(f"Spec {source}: {where} repeats attack {a['name']!r} with the same parameters.")
         akeys.add(key)
         attacks.append(AttackEntry(name=a["name"], key=key, params=params))
+    return tuple(attacks)
 
-    fooling = {**_FOOLING_DEFAULTS, **_table(raw, "fooling", source)}
+
+def _parse_fooling(table: dict, dataset: str, source: str) -> dict:
+    """The fooling-image settings, checked by building the attack once; classes must be the dataset's."""
+    from robust.attacks import FoolingImages
+    from robust.data import DATASETS
+
+    fooling = {**_FOOLING_DEFAULTS, **table}
     _check_keys(fooling, _FOOLING_DEFAULTS, "[fooling]", source)
+    if not isinstance(fooling["enabled"], bool):
+        raise _err(source, "fooling.enabled", "true or false", fooling["enabled"])
     if not (isinstance(fooling["threshold"], (int, float)) and 0 < fooling["threshold"] < 1):
         raise _err(source, "fooling.threshold", "a probability strictly between 0 and 1", fooling["threshold"])
     _int(fooling["seeds"], "fooling.seeds", source)
     _int(fooling["max_steps"], "fooling.max_steps", source)
-    if fooling["classes"] != "all" and not (isinstance(fooling["classes"], list)
-                                            and all(isinstance(c, int) for c in fooling["classes"])):
-        raise _err(source, "fooling.classes", "\"all\" or a list of class indices", fooling["classes"])
+    try:
+        FoolingImages(**{k: fooling[k] for k in ("threshold", "max_steps", "step_size", "l2_decay", "blur_every",
+                                                 "jitter")})
+    except RobustError as exc:
+        raise RobustError(f"Spec {source}: [fooling]: {exc}") from None
+    n = len(DATASETS[dataset].class_names)
+    classes = fooling["classes"]
+    if classes != "all":
+        if not (isinstance(classes, list) and classes
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in classes)):
+            raise _err(source, "fooling.classes", "\"all\" or a non-empty list of class indices", classes)
+        bad = [c for c in classes if not 0 <= c < n]
+        if bad or len(set(classes)) != len(classes):
+            raise _err(source, "fooling.classes", f"distinct class indices in [0, {n - 1}] ({dataset} has {n} "
+                       "classes)", classes)
+    return fooling
 
-    report = {**_REPORT_DEFAULTS, **_table(raw, "report", source)}
+
+def _parse_report(table: dict, eps: tuple[float, ...], source: str) -> dict:
+    report = {**_REPORT_DEFAULTS, **table}
     _check_keys(report, _REPORT_DEFAULTS, "[report]", source)
-    _int(report["examples"], "report.examples", source, minimum=0)
+    _int(report["examples"], "report.examples", source, minimum=1)  # the report always shows an examples figure
     _int(report["saliency"], "report.saliency", source, minimum=0)
     if report["example_eps"] is None:
         report["example_eps"] = max(e for e in eps) if len(eps) == 1 else eps[len(eps) // 2]
     _number(report["example_eps"], "report.example_eps", source)
-
-    return Spec(
-        name=name, title=str(raw.get("title", name)), seed=seed, dataset=dataset, data_path=path,
-        train_limit=_int(data.get("train_limit"), "data.train_limit", source, optional=True),
-        test_limit=_int(data.get("test_limit", 1000), "data.test_limit", source, optional=True),
-        models=tuple(models), attacks=tuple(attacks), eps=eps, fooling=fooling, report=report, source=source,
-    )
+    return report
 
 
 def _validate_attack(name: str, params: dict, where: str, source: str) -> None:
     """Build the attack once with a small eps so unknown names and bad parameters fail before any training."""
-    from robust.attacks import get_attack
+    from robust.attacks import attack_registry, get_attack
 
+    if params.get("targeted") is True:
+        raise RobustError(f"Spec {source}: {where} sets targeted = true, but a run spec has no target class to "
+                          "attack towards: a study measures untargeted robustness. Remove targeted, or use "
+                          "`robust attack MODEL --targeted --target C`.")
+    defaults = getattr(attack_registry().get(name.strip().lower()), "parameters", dict)()
+    for key, value in params.items():
+        if isinstance(defaults.get(key), bool) and not isinstance(value, bool):  # a truthy string is not a yes
+            raise _err(source, f"{where}.{key}", "true or false", value)
     try:
         get_attack(name, eps=0.0, **params)
     except RobustError as exc:
         raise RobustError(f"Spec {source}: {where}: {exc}") from None
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise RobustError(f"Spec {source}: {where}: bad parameters for attack {name!r}: {exc}.") from None
 
 

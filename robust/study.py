@@ -41,7 +41,7 @@ from robust.artifacts import atomic_path, write_json
 from robust.attacks import strongest as strongest_attack
 from robust.checks import sanity_checks
 from robust.errors import RobustError
-from robust.report import RESULTS_SCHEMA
+from robust.report.results import RESULTS_SCHEMA
 from robust.spec import Spec, settings_hash
 
 LOCK_FILE = ".robust.lock"

@@ -104,13 +104,13 @@ def test_bad_options_exit_2_before_loading(lenet_file, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--eps", "1.5", "--limit", "20"], "eps=1.5 is larger than any L-inf distance"),
-    (["--limit", "20"], "bare .keras file"),
+    (["--limit", "20"], ".keras file without a model card"),
     (["--dataset", "cifar10", "--limit", "20"], "expects images of shape 28x28x1"),
-    (["--dataset", "mnist", "--limit", "20", "--target", "12"], "target has labels outside 0..9"),
+    (["--dataset", "mnist", "--limit", "20", "--target", "12"], "--target expects a class index from 0 to 9"),
     (["--dataset", "mnist", "--limit", "20", "--target", "seven"], "class index"),
 ])
 def test_bad_input_exits_2(lenet_file, data_dir, args, message):
-    extra = [] if "--dataset" in args or "bare" in message else ["--dataset", "mnist"]
+    extra = [] if "--dataset" in args or "model card" in message else ["--dataset", "mnist"]
     res = invoke("attack", lenet_file, *extra, *args)
     assert res.exit_code == 2, res.output
     assert message in res.output
@@ -122,7 +122,7 @@ def test_missing_model_and_bad_fool_options(tmp_path, lenet_file):
     res = invoke("fool", lenet_file, "--threshold", "1.2")
     assert res.exit_code == 2 and "threshold must be a confidence below 1" in res.output
     res = invoke("fool", lenet_file, "--classes", "3,11")
-    assert res.exit_code == 2 and "classes has labels outside 0..9" in res.output
+    assert res.exit_code == 2 and "--classes expects a class index from 0 to 9" in res.output
 
 
 def test_attack_a_0_255_model_scales_data_and_eps(trained_lenet, tmp_path):

@@ -66,7 +66,7 @@ def test_missing_data_file_is_explained(tmp_path):
     bad.write_bytes(b"not a zip")
     res = invoke("lenet5", "--dataset", "mnist", "--data", str(bad))
     assert res.exit_code == 2
-    assert "Cannot read" in res.output and str(bad) in res.output
+    assert "is not a .npz dataset file" in res.output and str(bad) in res.output
 
 
 def test_out_is_a_file(data_dir, tmp_path):
@@ -75,3 +75,16 @@ def test_out_is_a_file(data_dir, tmp_path):
     res = invoke("mlp", "--dataset", "mnist", "--limit", "50", "--epochs", "1", "--out", str(target))
     assert res.exit_code == 2
     assert "taken" in res.output
+
+
+def test_a_model_in_out_is_replaced_only_with_force(data_dir, tmp_path):
+    out = tmp_path / "m"
+    common = ("--dataset", "mnist", "--limit", "100", "--epochs", "1", "--out", str(out), "--no-progress")
+    assert invoke("mlp", "--option", "width=8", *common).exit_code == 0
+    res = invoke("lenet5", *common)
+    assert res.exit_code == 2
+    assert "already holds a mlp model trained on mnist (test accuracy" in res.output and "--force" in res.output
+    assert json.loads((out / "model.json").read_text())["model"] == "mlp"
+    res = invoke("lenet5", *common, "--force")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "model.json").read_text())["model"] == "lenet5"

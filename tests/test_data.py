@@ -120,8 +120,14 @@ def test_bad_inputs(tmp_path, no_keras):
     # a pickled object array is refused: np.load never allows pickle
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     (tmp_path / "obj.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(RobustError, match="Cannot read"):
+    with pytest.raises(RobustError, match="not a .npz dataset file.*truncated or damaged"):
         load_dataset("mnist", tmp_path / "obj.npz")
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(RobustError, match="holds Python objects"):
+        load_dataset("mnist", tmp_path / "objects.npz")
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(RobustError, match="is text starting with 'x_train,y_train'"):
+        load_dataset("mnist", tmp_path / "text.npz")
 
 
 def test_limit_is_balanced_and_seeded(mnist):
@@ -139,3 +145,24 @@ def test_balanced_indices_with_uneven_classes():
     idx = balanced_indices(y, 12, seed=0)
     assert len(idx) == 12 and np.bincount(y[idx]).tolist() == [5, 3, 4]
     assert len(set(idx.tolist())) == 12
+
+
+def test_labels_are_integers_or_exactly_integral_floats(tmp_path):
+    x = np.zeros((20, 28, 28), np.uint8)
+    y = np.arange(20) % 10
+    np.savez(tmp_path / "ok.npz", x_train=x, y_train=y.astype(np.float32), x_test=x, y_test=y.astype(np.float64))
+    ds = load_dataset("mnist", tmp_path / "ok.npz")
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == y.tolist()
+    np.savez(tmp_path / "tenths.npz", x_train=x, y_train=y / 10, x_test=x, y_test=y)
+    with pytest.raises(RobustError, match=r"floats that are not whole numbers \(18 of 20, e.g. 0.1, 0.2, 0.3\)"):
+        load_dataset("mnist", tmp_path / "tenths.npz")
+    np.savez(tmp_path / "nan.npz", x_train=x, y_train=np.full(20, np.nan), x_test=x, y_test=y)
+    with pytest.raises(RobustError, match=r"not whole numbers \(20 of 20, e.g. nan, nan, nan\)"):
+        load_dataset("mnist", tmp_path / "nan.npz")
+
+
+def test_seed_must_suit_numpy_and_tensorflow():
+    with pytest.raises(RobustError, match=r"seed must be an integer in \[0, 4294967295\]; received -1"):
+        balanced_indices(np.arange(10), 5, seed=-1)
+    with pytest.raises(RobustError, match="received 4294967296"):
+        load_dataset("mnist", limit=10, seed=2**32)

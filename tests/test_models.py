@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robust import RobustError
-from robust.models import build_model, check_model_input, count_params, get_spec, registry
+from robust.models import Option, build_model, check_buildable, check_model_input, count_params, get_spec, registry
 from robust.models.mlp import matched_width
 
 SMALL = {  # name -> (input shape, options) small enough to build and run quickly
@@ -91,3 +91,36 @@ def test_shape_errors_are_readable():
     with pytest.raises(RobustError, match=r"expects images of shape 28x28x1 .* cifar10 has images of shape 32x32x3"):
         check_model_input(model, (32, 32, 3), data_name="cifar10")
     check_model_input(model, (28, 28, 1))
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("mlp", {"width": "abc"}, r"option width must be an integer in \[1, 65536\]; received 'abc'"),
+    ("mlp", {"depth": 1.5}, r"option depth must be an integer in \[1, 64\]; received 1.5"),
+    ("mlp", {"depth": True}, r"option depth must be an integer .*; received True"),
+    ("mlp", {"dropout": 2}, r"option dropout must be a number in \[0, 1\); received 2"),
+    ("mlp", {"dropout": float("nan")}, r"option dropout must be a number in \[0, 1\); received nan"),
+    ("mlp", {"match": "mlp"}, r"match must name a ConvNet"),
+    ("mlp", {"match_options": {"width": 2}}, r"match_options applies only with match=MODEL"),
+    ("mlp", {"match": "alexnet_small", "match_options": {"width": 0}},
+     r"option match='alexnet_small': Model 'alexnet_small' option width must be an integer in \[1, 4096\]"),
+    ("lenet5", {"activation": "foo"}, r"option activation must be one of 'relu', 'tanh'.*; received 'foo'"),
+    ("lenet5", {"pooling": "median"}, r"option pooling must be one of 'max', 'avg'; received 'median'"),
+    ("vgg11", {"width": 0}, r"option width must be a number in \[0.015625, 16\]; received 0"),
+    ("vgg11", {"batch_norm": 1}, r"option batch_norm must be true or false; received 1"),
+    ("vgg11", {"head": "resnet"}, r"option head must be one of 'auto', 'cifar', 'imagenet'"),
+])
+def test_options_are_checked_against_their_declarations_before_building(name, options, message):
+    with pytest.raises(RobustError, match=message):
+        check_buildable(name, (32, 32, 3), 10, options)
+    with pytest.raises(RobustError, match=message):
+        build_model(name, (32, 32, 3), 10, **options)
+
+
+def test_declared_options_normalise_and_plugins_without_declarations_get_inferred_types():
+    assert check_buildable("vgg11", (32, 32, 3), 10, {"width": 1}) == {"width": 1.0}
+    assert check_buildable("mlp", (28, 28, 1), 10, {"match": None}) == {"match": None}
+    assert Option.infer(3).kind == "int" and Option.infer(0.5).kind == "float" and Option.infer(True).kind == "bool"
+    assert Option.infer(None).check("anything") == "anything"
+    assert Option(1, "int", minimum=1).expected() == "an integer >= 1"
+    with pytest.raises(ValueError, match="a number in"):
+        Option(0.5, "float", minimum=0, maximum=1).check("0.5")

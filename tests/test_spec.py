@@ -61,3 +61,29 @@ def test_mistakes_are_named(text, message):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(RobustError, match="No run spec at .*built-in spec name"):
         load_spec(tmp_path / "nope.toml")
+
+
+def test_spec_values_are_checked_before_anything_runs():
+    base = MINIMAL.replace('name = "lenet5"', 'name = "mlp"')
+    with pytest.raises(RobustError, match=r"models\[0\] \(on mnist\): Model 'mlp' option width must be an integer "
+                                          r"in \[1, 65536\]; received -3"):
+        parse_spec(base + "options = { width = -3 }", source="t.toml")
+    with pytest.raises(RobustError, match="'vgg11' cannot take images of shape 28x28x1"):
+        parse_spec(MINIMAL + "[[models]]\nname = 'vgg11'", source="t.toml")
+    with pytest.raises(RobustError, match=r"fooling.classes must be distinct class indices in \[0, 9\]"):
+        parse_spec(MINIMAL + "[fooling]\nclasses = [3, 3]", source="t.toml")
+    spec = parse_spec(MINIMAL.replace('"lenet5"', '"vgg11"') + "options = { width = 1 }\n[data]\ndataset = 'cifar10'")
+    assert spec.models[0].options == {"width": 1.0} and isinstance(spec.models[0].options["width"], float)
+
+
+def test_model_keys_stay_distinct_and_readable_for_any_label():
+    labels = ["多层感知器", "卷积网络", "Réseau", "🙂", "MLP", "mlp", "Mlp!"]
+    text = "name = 'x'\n" + "".join(f"[[models]]\nname = 'mlp'\nlabel = '{label}'\noptions = {{ width = {i + 1} }}\n"
+                                     for i, label in enumerate(labels))
+    keys = [m.key for m in parse_spec(text).models]
+    assert keys[:3] == ["多层感知器", "卷积网络", "réseau"]
+    assert keys[3] == "mlp"  # nothing readable in the label: the model's name
+    assert len(set(keys)) == len(keys) and all(k.startswith("mlp") for k in keys[4:])
+    assert all("/" not in k and len(k) <= 57 for k in keys)
+    # the keys of the shipped specs did not change (finished runs keep resuming)
+    assert [m.key for m in load_spec("mnist").models] == ["lenet-5", "mlp-784-512-512-10", "mlp-matched-to-lenet-5"]

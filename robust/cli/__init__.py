@@ -2,7 +2,8 @@
 
 Each command lives in its own module of this package; they parse and
 validate options, call the library and print. A :class:`robust.RobustError`
-becomes a one-paragraph message and exit code 2, never a traceback.
+becomes a one-paragraph message and exit code 2, never a traceback; any other
+exception one paragraph and exit code 1 (``robust --debug`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from robust.cli.common import RobustGroup  # noqa: E402
 
 @click.group(cls=RobustGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="robust")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (for bug reports).")
+def main(debug: bool) -> None:
     """Adversarial-robustness testing for Keras models.
 
     Train the model zoo, attack it with FGSM, PGD and fooling images, and

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import FloatList, ValueRange, data_options, echo_err
-from robust.errors import RobustError
+from robust.cli.common import FloatList, ValueRange, data_options, echo_err, seed_option
+from robust.errors import RobustError, known_names
 
 
 def _load(model_ref: str, unsafe: bool, value_range=None):
@@ -26,6 +26,29 @@ def _load(model_ref: str, unsafe: bool, value_range=None):
         card["dataset"] = loaded.dataset
     echo_err(loaded.describe())
     return loaded.model, card
+
+
+def _no_dataset(model_ref: str) -> str:
+    """How to call a model reference without a model card, for messages."""
+    from robust.artifacts import CARD_FILE
+
+    if Path(model_ref).is_dir():
+        return f"{model_ref} is a folder without {CARD_FILE} (the model card `robust train` writes)"
+    return f"{model_ref} is a .keras file without a model card"
+
+
+def _card_data_path(card: dict, model_ref: str) -> str | None:
+    """The --data path the model was trained with, as its card records it, when it is still there."""
+    path = card.get("data_path")
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise RobustError(f"The model card of {model_ref} records data_path={path!r}; expected a file or folder "
+                          "path (or null). Pass --data PATH to choose the data.")
+    if not Path(path).exists():
+        raise RobustError(f"The model card of {model_ref} says the model was trained on --data {path}, which no "
+                          "longer exists. Pass --data PATH with the same data (moved), or another --dataset.")
+    return path
 
 
 def _default_out(model_ref: str, name: str) -> Path:
@@ -45,15 +68,31 @@ def _class_names(card: dict, dataset: str | None, num_classes: int | None = None
 
 
 def _parse_class(value: str, class_names: list[str] | None, option: str) -> int:
-    """A class index, or a class name of the model's dataset."""
+    """A class index, or a class name of the model's dataset; it must be one of the model's classes."""
     text = str(value).strip()
     if class_names and text in class_names and not text.isdigit():
         return class_names.index(text)
+    known = f" Known class names: {', '.join(class_names)}." if class_names else ""
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
-        known = f" Known class names: {', '.join(class_names)}." if class_names else ""
         raise RobustError(f"{option} expects a class index (0, 1, ...) or a class name; received {value!r}.{known}")
+    if index < 0 or (class_names and index >= len(class_names)):
+        top = f"0 to {len(class_names) - 1}" if class_names else "0 or more"
+        raise RobustError(f"{option} expects a class index from {top} (the model's classes); received {value!r}.")
+    return index
+
+
+def _parse_classes(text: str, class_names: list[str] | None) -> list[int]:
+    """``--classes 3,7`` (indices or names): every item a class of the model, none empty, none twice."""
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise RobustError(f"--classes expects 'all' or classes separated by single commas such as 3,7; received "
+                          f"{text!r}, which has an empty item.")
+    chosen = [_parse_class(item, class_names, "--classes") for item in items]
+    if len(set(chosen)) != len(chosen):
+        raise RobustError(f"--classes names a class twice; received {text!r}. Use --seeds for more images per class.")
+    return chosen
 
 
 def _versions() -> dict:
@@ -116,13 +155,19 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
         get_attack(attack_name, eps=e, seed=seed, **params)
     if targeted and target is None:
         raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
+    from robust.artifacts import check_writable
+    from robust.attacks import get_norm
+
+    norm_tag = "linf" if get_norm(norm).name == "inf" else "l2"
+    out_path = Path(out) if out else _default_out(model_ref, f"attack-{attack_name}-{norm_tag}.json")
+    check_writable(out_path, kind="file", what="--out" if out else "the results file")
 
     model, card = _load(model_ref, unsafe, value_range_opt)
     dataset = dataset or card.get("dataset")
     if dataset is None:
-        raise RobustError(f"{model_ref} is a bare .keras file, which does not say what data it was trained on. "
+        raise RobustError(f"{_no_dataset(model_ref)}, so it does not say what data the model was trained on. "
                           "Pass --dataset mnist, fashion_mnist or cifar10 (and --data PATH for your own files).")
-    data_path = data_path or (card.get("data_path") if dataset == card.get("dataset") else None)
+    data_path = data_path or (_card_data_path(card, model_ref) if dataset == card.get("dataset") else None)
     data = load_dataset(dataset, data_path, limit=limit, seed=seed)
     check_model_input(model, data.input_shape, data_name=f"the {dataset} data")
     value_range = tuple(card.get("value_range") or data.value_range)
@@ -130,10 +175,6 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     target_index = _parse_class(target, class_names, "--target") if target is not None else None
 
     examples: list[Path] = []
-    from robust.attacks import get_norm
-
-    norm_tag = "linf" if get_norm(norm).name == "inf" else "l2"
-    out_path = Path(out) if out else _default_out(model_ref, f"attack-{attack_name}-{norm_tag}.json")
 
     def save(result):
         from robust.artifacts import write_bytes
@@ -181,7 +222,8 @@ def attacks_command() -> None:
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--classes", default="all", show_default=True, metavar="all|C,C",
               help="Classes to grow fooling images for (indices or names).")
-@click.option("--seeds", type=int, default=4, show_default=True, help="Images per class, each from its own noise.")
+@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per class, each from its own noise.")
 @click.option("--threshold", type=float, default=0.99, show_default=True, help="Confidence to reach.")
 @click.option("--max-steps", type=int, default=1000, show_default=True, help="Most gradient steps per image.")
 @click.option("--step-size", type=float, default=None, help="Pixel change per step  [default: 1% of the value range]")
@@ -189,8 +231,8 @@ def attacks_command() -> None:
               help="Shrink towards the range's low end per step (Yosinski et al. 2015).")
 @click.option("--blur-every", type=int, default=0, show_default=True, help="Gaussian blur every N steps (0: off).")
 @click.option("--jitter", type=int, default=0, show_default=True, help="Random shift of up to N pixels per step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a bare .keras file.")
+@seed_option()
+@click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a .keras file without a card.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Folder for the PNG gallery and fooling.json  [default: fooling/ beside MODEL]")
 @click.option("--value-range", "value_range_opt", type=ValueRange(), default=None,
@@ -205,23 +247,26 @@ def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_
 
     Example: robust fool runs/lenet5 --classes 3,7 --seeds 4
     """
-    from robust.artifacts import write_bytes, write_json
+    from robust.artifacts import check_writable, write_bytes, write_json
     from robust.attacks import FoolingImages
     from robust.evaluation import fooling_png
 
     attack = FoolingImages(threshold=threshold, max_steps=max_steps, step_size=step_size, l2_decay=l2_decay,
                            blur_every=blur_every, jitter=jitter, seed=seed)
+    if dataset is not None:
+        from robust.data import DATASETS
+
+        if dataset not in DATASETS:
+            raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {known_names(DATASETS)}.")
+    out = Path(out_dir) if out_dir else _default_out(model_ref, "fooling")
+    check_writable(out, what="--out" if out_dir else "the output folder")
     model, card = _load(model_ref, unsafe, value_range_opt)
     value_range = tuple(card.get("value_range") or (0.0, 1.0))
     num_classes = int(model.output_shape[-1]) if getattr(model, "output_shape", None) else None
     class_names = _class_names(card, dataset or card.get("dataset"), num_classes)
-    chosen = None if classes.strip().lower() == "all" else [
-        _parse_class(c, class_names, "--classes") for c in classes.split(",") if c.strip()]
-    if chosen is not None and not chosen:
-        raise RobustError(f"--classes expects 'all' or class indices such as 3,7; received {classes!r}.")
+    chosen = None if classes.strip().lower() == "all" else _parse_classes(classes, class_names)
     result = attack(model, chosen, seeds, value_range=value_range)
 
-    out = Path(out_dir) if out_dir else _default_out(model_ref, "fooling")
     click.echo(f"{'class':<14} {'reached':>8} {'min conf':>9} {'mean steps':>11}")
     written = []
     for c in dict.fromkeys(result.target.tolist()):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import traceback
 
 import click
 
@@ -18,17 +20,58 @@ class UserError(click.ClickException):
         return self.message
 
 
+class Crash(click.ClickException):
+    """An unexpected exception at the CLI edge: one paragraph on stderr, exit code 1, a hint to use --debug."""
+
+    exit_code = 1
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _crash_message(ctx: click.Context, exc: BaseException) -> str:
+    sub = ctx.invoked_subcommand
+    command = f"robust {sub}" if sub else "robust"
+    detail = str(exc).strip().splitlines()
+    what = f"{type(exc).__name__}: {detail[0][:300]}" if detail else type(exc).__name__
+    return (f"{command} stopped on an unexpected error ({what}). This is a bug in robust, or in a "
+            "plugin or model code it ran, not a mistake robust could explain in your input; files that were being "
+            f"written were left as they were. Rerun with `robust --debug {sub or 'COMMAND'} ...` to see the "
+            "traceback, and report it with that traceback.")
+
+
+def _os_message(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return (f"Cannot use{where}: {exc.strerror or exc}. Expected a file or folder robust can read and write; "
+            "check the path, its permissions and the free space, or choose another location.")
+
+
 class RobustGroup(click.Group):
-    """A click group whose commands turn RobustError into exit code 2 with a clear message."""
+    """A click group whose commands turn RobustError into exit code 2 with a clear message, and any other
+    exception into one readable paragraph with exit code 1 (the traceback with ``robust --debug``)."""
 
     def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
-        except RobustError as exc:
-            raise UserError(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing half-written was left behind.", err=True)
             sys.exit(130)
+        except RobustError as exc:
+            _show_traceback(debug)
+            raise UserError(str(exc)) from None
+        except Exception as exc:
+            _show_traceback(debug)
+            if isinstance(exc, OSError) and exc.filename:  # the file system refused: permissions, space, a lost path
+                raise UserError(_os_message(exc)) from None
+            raise Crash(_crash_message(ctx, exc)) from None
+
+
+def _show_traceback(debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
 
 
 def data_options(func):
@@ -43,11 +86,19 @@ def data_options(func):
                           "the Keras loader, and (MNIST) the subset shipped with the package."),
         click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Use class-balanced, seeded subsets of at most N images of each split, for quick runs."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        seed_option(),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def seed_option():
+    """--seed: an integer numpy, Python and TensorFlow all accept, checked before any work starts."""
+    from robust.data import MAX_SEED
+
+    return click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, metavar="N",
+                        help="Random seed.")
 
 
 class FloatList(click.ParamType):
@@ -58,10 +109,21 @@ class FloatList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, (list, tuple)):
             return [float(v) for v in value]
-        try:
-            return [float(v) for v in str(value).split(",") if v.strip() != ""]
-        except ValueError:
-            self.fail(f"expected comma-separated numbers such as 0,0.05,0.1; received {value!r}.", param, ctx)
+        items = str(value).split(",")
+        out = []
+        for i, item in enumerate(items, start=1):
+            if not item.strip():
+                self.fail(f"expected comma-separated numbers such as 0,0.05,0.1; received {value!r}, whose item "
+                          f"{i} of {len(items)} is empty. Remove the extra comma.", param, ctx)
+            try:
+                number = float(item)
+            except ValueError:
+                self.fail(f"expected comma-separated numbers such as 0,0.05,0.1; received {value!r} "
+                          f"({item.strip()!r} is not a number).", param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"expected finite numbers such as 0,0.05,0.1; received {value!r}.", param, ctx)
+            out.append(number)
+        return out
 
 
 class IntTuple(click.ParamType):
@@ -83,13 +145,22 @@ class IntTuple(click.ParamType):
 
 
 def parse_model_options(pairs: tuple[str, ...]) -> dict:
-    """``--option depth=3 --option batch_norm=true`` -> ``{"depth": 3, "batch_norm": True}``."""
+    """``--option depth=3 --option batch_norm=true`` -> ``{"depth": 3, "batch_norm": True}``.
+
+    Values are parsed as literals here; their types and ranges are checked
+    against the model's declared options (:func:`robust.models.validate_options`).
+    """
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise RobustError(f"--option expects KEY=VALUE such as depth=3; received {pair!r}.")
         key, raw = pair.split("=", 1)
-        out[key.strip()] = _literal(raw.strip())
+        key = key.strip()
+        if not key:
+            raise RobustError(f"--option expects KEY=VALUE such as depth=3; received {pair!r} (no KEY).")
+        if key in out:
+            raise RobustError(f"--option {key} is given twice ({key}={out[key]!r} and {pair!r}); give it once.")
+        out[key] = _literal(raw.strip())
     return out
 
 
@@ -128,3 +199,29 @@ class ValueRange(click.ParamType):
         if not lo < hi:
             self.fail(f"expected LO < HI such as 0,255; received {value!r}.", param, ctx)
         return lo, hi
+
+
+def check_resume(out, resume: bool) -> None:
+    """``--resume`` needs a run to continue: a folder that never ran is named instead of silently started."""
+    from pathlib import Path
+
+    out = Path(out)
+    if resume and not ((out / "spec.json").exists() or (out / "records").exists()):
+        what = "does not exist" if not out.exists() else "holds no run (no spec.json)"
+        raise RobustError(f"--resume continues an interrupted run, but {out} {what}. Expected the folder of a "
+                          "run that was started before; drop --resume to start a new run there.")
+
+
+def check_fits(loaded, dataset: str) -> None:
+    """The model must take the dataset's images and have one output per class."""
+    from robust.data import DATASETS
+
+    info = DATASETS[dataset]
+    shape = "x".join("?" if d is None else str(d) for d in loaded.input_shape)
+    if len(loaded.input_shape) != len(info.image_shape) or any(
+            d is not None and d != e for d, e in zip(loaded.input_shape, info.image_shape)):
+        raise RobustError(f"{loaded.name!r} takes images of shape {shape} but {dataset} images are "
+                          f"{'x'.join(map(str, info.image_shape))}. Evaluate it on the dataset it was built for.")
+    if loaded.num_classes != len(info.class_names):
+        raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
+                          f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import FloatList, data_options
+from robust.cli.common import FloatList, check_fits, check_resume, data_options
 from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
 from robust.errors import RobustError
 
@@ -54,6 +54,7 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     --eps 8 moves each pixel by 8 of 255. The report says which range was
     used and where it came from.
     """
+    from robust.artifacts import check_writable
     from robust.data import DATASETS
     from robust.plugins import load_model_ref, reuse
     from robust.spec import parse_spec
@@ -62,6 +63,14 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     if resume and force:
         raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
                           "--force throws it away. Pass one of them.")
+    attack_names = _attack_names(attacks, steps)
+    if dataset is not None and dataset not in DATASETS:
+        raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {', '.join(DATASETS)}.")
+    if data_path is not None and not Path(data_path).exists():
+        raise RobustError(f"--data {data_path}: no such file or folder. Expected a .npz file or a data folder.")
+    if out_dir is not None:
+        check_resume(out_dir, resume)
+        check_writable(out_dir, what="--out")
     if ":" in model_ref and not Path(model_ref).exists() and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # module:factory in the current folder, as `python -m` finds it
 
@@ -73,35 +82,40 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     if dataset not in DATASETS:
         raise RobustError(f"Unknown dataset {dataset!r}" + (" (from the model's metadata)" if dataset == loaded.dataset
                                                              else "") + f". Known datasets: {', '.join(DATASETS)}.")
-    _check_fits(loaded, dataset)
+    check_fits(loaded, dataset)
 
     lo, hi = loaded.value_range
     eps_values = list(eps) if eps else [round(f * (hi - lo), 6) for f in DEFAULT_EPS_FRACTIONS]
-    attack_names = [a.strip().lower() for a in attacks.split(",") if a.strip()]
-    if not attack_names:
-        raise RobustError(f"--attacks must name at least one attack, such as fgsm,pgd; received {attacks!r}.")
     spec = parse_spec(_spec_toml(loaded, dataset=dataset, data_path=data_path, limit=limit, seed=seed,
                                  attack_names=attack_names, eps=eps_values, steps=steps, fooling=not no_fooling,
                                  explicit_range=not loaded.value_range_assumed),
                       source=f"robust eval {model_ref}")
     out = out_dir or Path("reports") / spec.name
+    if out_dir is None:
+        check_resume(out, resume)
+        check_writable(out, what="the run folder")
     click.echo(f"Evaluating {loaded.name} on {dataset} -> {out}")
     with reuse(loaded):  # the study loads the model by reference: reuse this one instead of loading it twice
         Study(spec, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
 
 
-def _check_fits(loaded, dataset: str) -> None:
-    """The model must take the dataset's images and have one output per class."""
-    from robust.data import DATASETS
+def _attack_names(text: str, steps: int | None) -> list[str]:
+    """``--attacks fgsm,pgd``: registered attacks, each named once, checked before any model is loaded."""
+    from robust.attacks import attack_registry, get_attack
 
-    info = DATASETS[dataset]
-    shape = "x".join("?" if d is None else str(d) for d in loaded.input_shape)
-    if any(d is not None and d != e for d, e in zip(loaded.input_shape, info.image_shape)):
-        raise RobustError(f"{loaded.name!r} takes images of shape {shape} but {dataset} images are "
-                          f"{'x'.join(map(str, info.image_shape))}. Evaluate it on the dataset it was built for.")
-    if loaded.num_classes != len(info.class_names):
-        raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
-                          f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")
+    items = [a.strip().lower() for a in text.split(",")]
+    if not any(items) or any(not a for a in items):
+        raise RobustError(f"--attacks expects registered attacks separated by single commas, such as fgsm,pgd; "
+                          f"received {text!r}.")
+    for name in items:
+        get_attack(name, eps=0.0)  # an unknown name is named, with the known ones
+    if len(set(items)) != len(items):
+        raise RobustError(f"--attacks names an attack twice; received {text!r}.")
+    registry = attack_registry()
+    if steps is not None and not any("steps" in registry[a].parameters() for a in items):
+        raise RobustError(f"--steps applies to attacks that iterate (such as pgd); none of {', '.join(items)} "
+                          "takes steps.")
+    return items
 
 
 def _spec_toml(loaded, *, dataset, data_path, limit, seed, attack_names, eps, steps, fooling, explicit_range) -> str:
@@ -126,9 +140,6 @@ def _spec_toml(loaded, *, dataset, data_path, limit, seed, attack_names, eps, st
         if steps is not None and name in registry and "steps" in registry[name].parameters():
             table["steps"] = int(steps)
         attack_tables.append(table)
-    if steps is not None and not any("steps" in t for t in attack_tables):
-        raise RobustError(f"--steps applies to attacks that iterate (such as pgd); none of {', '.join(attack_names)} "
-                          "takes steps.")
     lines = [f"name = {_toml(f'eval-{slug}')}", f"title = {_toml(f'robust eval: {loaded.name} on {dataset}')}",
              f"seed = {int(seed)}", "", "[data]", *(f"{k} = {_toml(v)}" for k, v in data.items()), "",
              "[eps]", f"values = {_toml([float(e) for e in eps])}", "", "[fooling]", f"enabled = {_toml(fooling)}", ""]

@@ -14,10 +14,12 @@ def models_command() -> None:
 
     reg = entries()
     for name, spec in sorted(reg.specs.items()):
-        options = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
         click.echo(f"{name:<16} [{spec.kind}] {spec.description}")
         click.echo(f"{'':<16} inputs: {spec.input_shapes}")
-        click.echo(f"{'':<16} options: {options}")
+        declared = spec.declared()
+        click.echo(f"{'':<16} options:" + ("" if declared else " none"))
+        for key, option in declared.items():
+            click.echo(f"{'':<18} {key}={option.describe()}" + (f": {option.help}" if option.help else ""))
         click.echo(f"{'':<16} from: {spec.source}")
     if reg.ready:
         click.echo("\nReady models (trained; evaluate with `robust eval NAME`):")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
+from robust.cli.common import check_fits, check_resume
 
 
 @main.command("run")
@@ -24,7 +25,9 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
     without it the built-in MNIST study runs: LeNet-5 vs an MLP vs an MLP
     matched to LeNet-5's size, FGSM and PGD at six eps, fooling images.
     """
+    from robust.artifacts import check_writable
     from robust.errors import RobustError
+    from robust.plugins import reuse
     from robust.spec import load_spec
     from robust.study import Study
 
@@ -33,15 +36,39 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
                           "--force throws it away. Pass one of them.")
     parsed = load_spec(spec)
     out = out_dir or Path("reports") / parsed.name
+    check_resume(out, resume)
+    check_writable(out, what="--out" if out_dir else "the run folder")
+    ready = _ready_models(parsed)
     click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
-    Study(parsed, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+    with reuse(*ready):  # loaded and checked once, before anything trains
+        Study(parsed, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+
+
+def _ready_models(spec) -> list:
+    """Load the spec's ready models (ref) and check each takes the dataset's images, before any model trains."""
+    from robust.errors import RobustError
+    from robust.plugins import load_model_ref
+
+    loaded = []
+    for i, entry in enumerate(spec.models):
+        if entry.ref:
+            try:
+                model = load_model_ref(entry.ref, value_range=entry.value_range, unsafe=entry.unsafe)
+                check_fits(model, spec.dataset)
+            except RobustError as exc:
+                raise RobustError(f"Spec {spec.source}: models[{i}] (ref {entry.ref!r}): {exc}") from None
+            loaded.append(model)
+    return loaded
 
 
 @main.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def report_command(run_dir) -> None:
     """Re-render RUN_DIR's report from its results.json, without recomputing anything."""
-    from robust.report import render_report
+    from robust.artifacts import check_writable
+    from robust.report import load_results, render_report
 
+    load_results(run_dir)  # a missing or malformed results.json is named before anything else
+    check_writable(run_dir / "figures", what="the figures folder")
     paths = render_report(run_dir)
     click.echo(f"Wrote {paths['html']} and {paths['md']}")

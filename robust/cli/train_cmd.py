@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from robust.cli import main
 from robust.cli.common import data_options, echo_err, parse_model_options
-from robust.errors import RobustError
+from robust.errors import RobustError, known_names
 
 
 @main.command("train")
@@ -24,10 +27,11 @@ from robust.errors import RobustError
               help="Model option, repeatable, e.g. --option width=0.25 (see `robust models`).")
 @click.option("--tensorboard", type=click.Path(file_okay=False, dir_okay=True), default=None, metavar="DIR",
               help="Write TensorBoard logs (epoch loss, accuracy, learning rate) to DIR.")
+@click.option("--force", is_flag=True, help="Replace a model already in --out (otherwise refused).")
 @click.option("--mixed-precision", is_flag=True, help="Compute in float16 on GPUs (ignored on the CPU).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_size, lr, out_dir, model_option,
-                  tensorboard, mixed_precision, no_progress) -> None:
+                  tensorboard, force, mixed_precision, no_progress) -> None:
     """Train MODEL on a dataset; keep the best epoch; write DIR/model.keras and DIR/model.json.
 
     A tenth of the training images (class-balanced, seeded) is held out to
@@ -37,21 +41,33 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
 
     Example: robust train lenet5 --dataset mnist --out runs/lenet5
     """
-    from robust.models import get_spec
+    from robust.artifacts import check_writable
+    from robust.data import DATASETS
+    from robust.models import check_buildable, get_spec
 
-    get_spec(model_name)  # an unknown model fails before any data is read
+    # Everything typed is checked before any data is read or anything is written.
+    get_spec(model_name)
     if dataset is None:
         raise RobustError("robust train needs --dataset NAME (mnist, fashion_mnist or cifar10); "
                           "add --data PATH to read it from a file or folder.")
-    options = parse_model_options(model_option)
+    if dataset not in DATASETS:
+        raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {known_names(DATASETS)}.")
+    info = DATASETS[dataset]
+    options = check_buildable(model_name, info.image_shape, len(info.class_names), parse_model_options(model_option))
+    out_dir = out_dir or f"runs/{model_name}_{dataset}"
+    if not force:
+        _refuse_to_overwrite(Path(out_dir))
+    check_writable(out_dir, what="--out")
+    if tensorboard is not None:
+        check_writable(tensorboard, what="--tensorboard")
 
     from robust.artifacts import save_trained
     from robust.data import load_dataset
     from robust.training import train
 
-    out_dir = out_dir or f"runs/{model_name}_{dataset}"
     data = load_dataset(dataset, data_path, limit=limit, seed=seed)
-    result = train(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, model_options=options, tensorboard=tensorboard, mixed_precision=mixed_precision,
+    result = train(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   model_options=options, tensorboard=tensorboard, mixed_precision=mixed_precision,
                    progress=not no_progress, data_path=data_path, limit=limit, log=echo_err)
     card = result.card
     click.echo(f"{model_name} on {dataset}: clean test accuracy {card['test_accuracy']:.4f} "
@@ -59,3 +75,21 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
                f"{card['seconds']:.1f} s on {card['device']}")
     save_trained(out_dir, result.model, card)
     click.echo(f"saved {out_dir}")
+
+
+def _refuse_to_overwrite(out: Path) -> None:
+    """A folder that already holds a model keeps it unless --force says otherwise; the message says what is there."""
+    from robust.artifacts import CARD_FILE, MODEL_FILE
+
+    present = [name for name in (MODEL_FILE, CARD_FILE) if (out / name).exists()]
+    if not present:
+        return
+    try:
+        card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+        what = (f"a {card.get('model', '?')} model trained on {card.get('dataset', '?')} (test accuracy "
+                f"{float(card['test_accuracy']):.4f})" if isinstance(card.get("test_accuracy"), (int, float))
+                else f"a {card.get('model', '?')} model")
+    except (OSError, ValueError, AttributeError):
+        what = "a model"
+    raise RobustError(f"--out {out} already holds {what}: {', '.join(present)}. Training would replace it. "
+                      "Pass --force to replace it, or choose another --out.")

@@ -27,6 +27,7 @@ import numpy as np
 from robust.errors import RobustError, known_names
 
 ENV_DATA_DIR = "ROBUST_DATA_DIR"
+MAX_SEED = 2**32 - 1  # np.random.seed and keras.utils.set_random_seed take no more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +101,9 @@ def balanced_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     prefix of the order is balanced; the result keeps the original order.
     """
     y = np.asarray(y)
+    rng = np.random.default_rng(check_seed(seed))
     if n >= len(y):
         return np.arange(len(y))
-    rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
     rounds = max(len(p) for p in per_class)
     # Round-robin interleave: position r of every class before position r+1 of any.
@@ -125,6 +126,7 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
     """
     if name not in DATASETS:
         raise RobustError(f"Unknown dataset {name!r}. Known datasets: {known_names(DATASETS)}.")
+    check_seed(seed)
     info = DATASETS[name]
     if path is not None:
         arrays, source = _from_path(info, Path(path)), f"--data {path}"
@@ -172,21 +174,17 @@ def _from_keras(name: str):
 
 
 def _read_npz(path: Path):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-            if missing:
-                raise RobustError(
-                    f"{path} is not a Keras-layout dataset file: it lacks {known_names(missing)}. Expected "
-                    f"arrays x_train, y_train, x_test, y_test (as keras.datasets returns); received "
-                    f"{known_names(f.files) or 'no arrays'}."
-                )
-            return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
-    except RobustError:
-        raise
-    except Exception as exc:
-        raise RobustError(f"Cannot read {path} as a .npz dataset file: {_first_line(exc)}. "
-                          "Expected a numpy .npz with x_train, y_train, x_test, y_test (no pickled objects).") from None
+    from robust.artifacts import read_npz
+
+    arrays = read_npz(path, what="dataset file")
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    if missing:
+        raise RobustError(
+            f"{path} is not a Keras-layout dataset file: it lacks {known_names(missing)}. Expected "
+            f"arrays x_train, y_train, x_test, y_test (as keras.datasets returns); received "
+            f"{known_names(arrays) or 'no arrays'}."
+        )
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
 _IDX_FILES = {
@@ -290,11 +288,25 @@ def _to_float_nhwc(info: DatasetInfo, x: np.ndarray, source: str) -> np.ndarray:
 
 
 def _labels(info: DatasetInfo, y: np.ndarray, n: int, source: str) -> np.ndarray:
-    y = np.asarray(y).reshape(-1).astype(np.int64)
+    """Integer labels in [0, classes): floats only when exactly integral (casting would change them)."""
+    y = np.asarray(y).reshape(-1)
     k = len(info.class_names)
-    if len(y) != n or (y.size and (y.min() < 0 or y.max() >= k)):
-        raise RobustError(f"The {info.name} labels from {source} must be {n} integers in [0, {k - 1}]; "
-                          f"received {len(y)} labels in [{y.min() if y.size else '-'}, {y.max() if y.size else '-'}].")
+    where = f"The {info.name} labels from {source}"
+    expected = f"{n} integer class labels in [0, {k - 1}]"
+    if len(y) != n:
+        raise RobustError(f"{where} must be {expected}, one per image; received {len(y)} labels for {n} images.")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            examples = ", ".join(f"{v:g}" for v in y[bad][:3])
+            raise RobustError(f"{where} must be {expected}; received floats that are not whole numbers "
+                              f"({int(bad.sum())} of {n}, e.g. {examples}). Casting them to integers would "
+                              "change the labels: store the class indices themselves.")
+    elif y.dtype.kind not in "iub":
+        raise RobustError(f"{where} must be {expected}; received an array of dtype {y.dtype}.")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise RobustError(f"{where} must be {expected}; received labels in [{y.min()}, {y.max()}].")
     return y
 
 
@@ -302,3 +314,10 @@ def scale_to(x: np.ndarray, value_range) -> np.ndarray:
     """Map images in [0, 1] (as every loader here returns them) to a model's input range [lo, hi]."""
     lo, hi = (float(v) for v in value_range)
     return x if (lo, hi) == (0.0, 1.0) else (lo + x * (hi - lo)).astype(np.float32)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed numpy, Python and TensorFlow all accept: an integer in [0, 2**32 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise RobustError(f"{name} must be an integer in [0, {MAX_SEED}]; received {seed!r}.")
+    return int(seed)

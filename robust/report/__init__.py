@@ -9,33 +9,14 @@ plugin or a spec (names, labels, class names) is escaped by Jinja's autoescape.
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
-import numpy as np
-
-from robust.artifacts import write_text
-from robust.attacks import strongest as strongest_attack
-from robust.errors import RobustError
+from robust.artifacts import all_or_nothing, pending, write_text
 from robust.report import figures
 from robust.report.findings import findings
+from robust.report.results import RESULTS_SCHEMA, load_arrays, load_results
 
-RESULTS_SCHEMA = "robust.results/1"
-
-
-def load_results(out: str | Path) -> dict:
-    path = Path(out) / "results.json"
-    if not path.is_file():
-        raise RobustError(f"{out} has no results.json. Expected a folder written by `robust run` "
-                          "(run it first, or --resume an interrupted run).")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RobustError(f"{path} is not valid JSON ({exc}); re-create it with `robust run --resume`.") from None
-    if results.get("schema") != RESULTS_SCHEMA:
-        raise RobustError(f"{path} has schema {results.get('schema')!r}; this version of robust renders "
-                          f"{RESULTS_SCHEMA!r}.")
-    return results
+__all__ = ["RESULTS_SCHEMA", "load_results", "render_report"]
 
 
 def _escape_markdown(value):
@@ -64,43 +45,52 @@ def _jinja(markdown: bool = False):
 
 
 def render_report(out: str | Path) -> dict:
-    """Draw the figures and write ``report.html`` and ``report.md`` into ``out``; return their paths."""
+    """Draw the figures and write ``report.html`` and ``report.md`` into ``out``; return their paths.
+
+    ``results.json`` and every arrays file are checked against their schema
+    before anything is drawn, and all files are rendered into temporary files
+    that replace the old ones only when every one succeeded: a failure leaves
+    the previous figures and report as they were, still matching each other.
+    """
     out = Path(out)
     results = load_results(out)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    class_names = results["run"]["data"]["class_names"]
+    arrays = {key: load_arrays(out, key, info, len(class_names)) for key, info in results["models"].items()}
+    with all_or_nothing():
+        context = _draw(results, arrays, out / "figures")
+
+        def data_uri(name):
+            return "data:image/png;base64," + base64.b64encode(pending(out / "figures" / name).read_bytes()).decode()
+
+        html = _jinja().get_template("report.html.j2").render(**context, src=data_uri)
+        md = _jinja(markdown=True).get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
+        write_text(out / "report.html", html)
+        write_text(out / "report.md", md)
+    return {"html": out / "report.html", "md": out / "report.md"}
+
+
+def _draw(results: dict, arrays: dict, fig_dir: Path) -> dict:
+    """Every figure of the report (written through the staged writer) and the template context."""
     class_names = results["run"]["data"]["class_names"]
     spec = results["spec"]
-
     attack_keys = list(dict.fromkeys(r["attack_key"] for r in results["records"]))
     curves = {a: figures.accuracy_curves(results, a, fig_dir / f"accuracy_{a}.png") for a in attack_keys}
+    from robust.attacks import strongest as strongest_attack
+
+    strongest = spec["attacks"][strongest_attack([a["name"] for a in spec["attacks"]])]
     per_model = {}
     for key, info in results["models"].items():
-        arrays_path = out / info["arrays"]
-        if not arrays_path.is_file():
-            raise RobustError(f"{arrays_path} is missing; results.json names it. Re-run with `robust run --resume`.")
-        with np.load(arrays_path, allow_pickle=False) as arrays:
-            strongest = spec["attacks"][strongest_attack([a["name"] for a in spec["attacks"]])]
-            per_model[key] = {
-                "examples": figures.examples_grid(arrays, class_names, spec["report"]["example_eps"],
-                                                  strongest["name"].upper(), fig_dir / f"examples_{key}.png"),
-                "fooling": figures.fooling_gallery(arrays, class_names, spec["fooling"]["threshold"],
-                                                   fig_dir / f"fooling_{key}.png"),
-                "saliency": figures.saliency_grid(arrays, class_names, fig_dir / f"saliency_{key}.png"),
-                "filters": figures.filter_grid(arrays, info["kind"], fig_dir / f"filters_{key}.png"),
-            }
-
-    def data_uri(name):
-        return "data:image/png;base64," + base64.b64encode((fig_dir / name).read_bytes()).decode("ascii")
-
-    table = _results_table(results)
-    context = {"r": results, "curves": curves, "figs": per_model, "table": table,
-               "findings": findings(results), "attack_keys": attack_keys}
-    html = _jinja().get_template("report.html.j2").render(**context, src=data_uri)
-    md = _jinja(markdown=True).get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
-    write_text(out / "report.html", html)
-    write_text(out / "report.md", md)
-    return {"html": out / "report.html", "md": out / "report.md"}
+        a = arrays[key]
+        per_model[key] = {
+            "examples": figures.examples_grid(a, class_names, spec["report"]["example_eps"],
+                                              strongest["name"].upper(), fig_dir / f"examples_{key}.png"),
+            "fooling": figures.fooling_gallery(a, class_names, spec["fooling"]["threshold"],
+                                               fig_dir / f"fooling_{key}.png"),
+            "saliency": figures.saliency_grid(a, class_names, fig_dir / f"saliency_{key}.png"),
+            "filters": figures.filter_grid(a, info["kind"], fig_dir / f"filters_{key}.png"),
+        }
+    return {"r": results, "curves": curves, "figs": per_model, "table": _results_table(results),
+            "findings": findings(results), "attack_keys": attack_keys}
 
 
 def _results_table(results: dict) -> list[dict]:
