@@ -165,7 +165,7 @@ def unit_values(model, layer_names: Sequence[str], *, preactivation: bool = True
         tensor, fn = _preactivation(model, layer) if preactivation else (layer.output, lambda t: t)
         tensors.append(tensor)
         maps.append(fn)
-    extractor = keras.Model(model.inputs, tensors)
+    extractor = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, tensors)
 
     def values(x):
         outs = extractor(x, training=False)
@@ -278,7 +278,8 @@ class ActivationMaximization:
         l2_decay: fraction by which the image shrinks towards the base each step.
         blur_every: blur every this many steps (0 = never).
         blur_sigma: standard deviation of that blur, in pixels.
-        jitter: random shift of up to this many pixels per step (0 = none).
+        jitter: random shift of up to this many pixels per step (0 = none); capped at a quarter of the
+            smallest receptive field among the targets (:meth:`jitter_for`).
         norm_pct: fraction of pixels with the smallest norm reset every ``blur_every`` steps.
         contribution_pct: fraction of pixels with the smallest contribution reset likewise.
         noise: the starting noise is uniform in [low, low + noise * (high - low)].
@@ -333,14 +334,14 @@ class ActivationMaximization:
             x = ops.where(keep, x, base)
         return x
 
-    def _compiled(self, fn, image_shape: tuple[int, ...]):
+    def _compiled(self, fn, image_shape: tuple[int, ...], jitter: int):
         """One compiled loop: ``run(x0, seed, step_size, low, high) -> (x, start value, final value)``."""
         from keras import ops
 
         from robust import backend
         from robust.attacks.fooling import _gaussian_kernel
 
-        jitter, every, steps = self.jitter, self.blur_every, self.steps
+        every, steps = self.blur_every, self.steps
         spatial = len(image_shape) == 3
         kernel = _gaussian_kernel(self.blur_sigma, image_shape[-1]) if every and spatial else None
         value_and_grad = backend.value_and_grad(lambda x: (fn(x), None))
@@ -374,6 +375,18 @@ class ActivationMaximization:
         signature = [backend.spec((None,) + tuple(image_shape)), backend.spec((2,), "int32"), scalar, scalar, scalar]
         return backend.compile(run, signature)
 
+    def jitter_for(self, model, layer_names: Sequence[str]) -> int:
+        """The jitter used: at most a quarter of the smallest receptive field among the layers.
+
+        A shift as large as a small field (a 3x3 first layer) moves the
+        pattern off the unit, and the ascent climbs a blur of all shifts instead.
+        """
+        from robust.summary import receptive_fields
+
+        fields = receptive_fields(model)
+        sizes = [min(fields[n].size) for n in layer_names if fields.get(n) is not None and fields[n].spatial]
+        return min([self.jitter] + [(size - 1) // 4 for size in sizes])
+
     def prepare(self, model, targets: Sequence[tuple[str, int]], *,
                 value_range: Sequence[float] = (0.0, 1.0)) -> Callable[[], Maximization]:
         """Check the inputs and build the compiled loop; calling the result runs it (the first call traces it).
@@ -386,7 +399,8 @@ class ActivationMaximization:
         low, high = check_value_range(value_range)
         targets = check_targets(model, targets)
         image_shape = _image_shape(model)
-        run = self._compiled(target_values(model, targets, self.objective), image_shape)
+        jitter = self.jitter_for(model, [name for name, _ in targets])
+        run = self._compiled(target_values(model, targets, self.objective), image_shape, jitter)
         rng = np.random.default_rng(self.seed)
         x0 = (low + self.noise * (high - low) * rng.uniform(size=(len(targets),) + image_shape)).astype(np.float32)
         step_size = self.step_size if self.step_size is not None else 0.02 * (high - low)
@@ -397,7 +411,7 @@ class ActivationMaximization:
             started = time.perf_counter()
             x, start, value = run(*args)
             return Maximization(targets=targets, images=backend.to_numpy(x), start=backend.to_numpy(start),
-                                value=backend.to_numpy(value), params=self.params,
+                                value=backend.to_numpy(value), params=dict(self.params, jitter_used=jitter),
                                 seconds=time.perf_counter() - started)
 
         return go
