@@ -266,6 +266,10 @@ class Study:
             fr = fool(model, classes=classes, seeds=int(f["seeds"]), value_range=(lo, hi))
             arrays.update(fooling_images=unit(fr.images), fooling_target=fr.target, fooling_confidence=fr.confidence,
                           fooling_steps=fr.steps, fooling_reached=fr.reached)
+        from robust.visualize import report_arrays
+
+        # "What the network learned": a few layers, a few units each (issue 14).
+        arrays.update(report_arrays(model, x, value_range=(lo, hi), seed=spec.seed))
         (self.out / "arrays").mkdir(exist_ok=True)
         with atomic_path(self.out / "arrays" / f"{key}.npz") as tmp:
             with open(tmp, "wb") as fh:

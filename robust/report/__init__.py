@@ -45,6 +45,16 @@ def _escape_markdown(value):
             .replace("|", "\\|").replace("\n", " "))
 
 
+def _receptive_field_text(rf) -> str:
+    """A summary row's receptive field (a dict, missing in older results) in words."""
+    if not rf:
+        return "–"
+    if not rf.get("spatial", True):
+        return "whole image"
+    (h, w), (jh, jw) = rf["size"], rf["jump"]
+    return f"{h}x{w} px, step {jh}" if jh == jw else f"{h}x{w} px, step {jh}x{jw}"
+
+
 def _jinja(markdown: bool = False):
     """The HTML environment autoescapes; the Markdown one escapes every printed string for Markdown."""
     import jinja2
@@ -59,6 +69,7 @@ def _jinja(markdown: bool = False):
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
     env.filters["num"] = lambda v: f"{int(v):,}"
     env.filters["mb"] = lambda v: f"{float(v) / 2**20:.2f} MiB"
+    env.filters["rf"] = _receptive_field_text
     return env
 
 
@@ -73,7 +84,7 @@ def render_report(out: str | Path) -> dict:
 
     attack_keys = list(dict.fromkeys(r["attack_key"] for r in results["records"]))
     curves = {a: figures.accuracy_curves(results, a, fig_dir / f"accuracy_{a}.png") for a in attack_keys}
-    per_model = {}
+    per_model, learned = {}, {}
     for key, info in results["models"].items():
         arrays_path = out / info["arrays"]
         if not arrays_path.is_file():
@@ -87,19 +98,33 @@ def render_report(out: str | Path) -> dict:
                                                    fig_dir / f"fooling_{key}.png"),
                 "saliency": figures.saliency_grid(arrays, class_names, fig_dir / f"saliency_{key}.png"),
                 "filters": figures.filter_grid(arrays, info["kind"], fig_dir / f"filters_{key}.png"),
+                "learned": figures.learned_figures(arrays, key, fig_dir),
             }
+            learned[key] = _locality(arrays)
 
     def data_uri(name):
         return "data:image/png;base64," + base64.b64encode((fig_dir / name).read_bytes()).decode("ascii")
 
     table = _results_table(results)
     context = {"r": results, "curves": curves, "figs": per_model, "table": table,
-               "findings": findings(results), "attack_keys": attack_keys}
+               "findings": findings(results, learned), "attack_keys": attack_keys, "learned": learned}
     html = _jinja().get_template("report.html.j2").render(**context, src=data_uri)
     md = _jinja(markdown=True).get_template("report.md.j2").render(**context, src=lambda name: f"figures/{name}")
     write_text(out / "report.html", html)
     write_text(out / "report.md", md)
     return {"html": out / "report.html", "md": out / "report.md"}
+
+
+def _locality(arrays) -> dict | None:
+    """The first layer's locality numbers saved by the study (None for runs made before they were)."""
+    if "learned_locality" not in arrays.files or arrays["learned_locality"].size == 0:
+        return None
+    fractions = np.asarray(arrays["learned_locality"], np.float64)
+    window = int(arrays["learned_locality_window"])
+    pixels = int(np.prod(arrays["example_x"].shape[1:3])) if "example_x" in arrays.files else None
+    return {"layer": str(arrays["learned_locality_layer"]), "window": window, "units": int(fractions.size),
+            "median": float(np.median(fractions)), "min": float(fractions.min()), "max": float(fractions.max()),
+            "even": (window * window / pixels) if pixels else None}
 
 
 def _results_table(results: dict) -> list[dict]:
