@@ -681,7 +681,10 @@ def report_layers(model, n: int = 3) -> list[str]:
 
 
 def rf_vector(rf) -> np.ndarray:
-    """A receptive field as 7 integers for an ``.npz``: size (h, w), jump (h, w), start (h, w), spatial; -1 if unknown."""
+    """A receptive field as 7 integers for an ``.npz``: size (h, w), jump (h, w), start (h, w), spatial.
+
+    An unknown field is all -1 (a size of -1 tells it apart; a start of -1 is an ordinary padded field).
+    """
     if rf is None:
         return np.full(7, -1, np.int64)
     return np.array([*rf.size, *rf.jump, *rf.start, int(rf.spatial)], np.int64)
@@ -701,8 +704,8 @@ def report_arrays(model, x: np.ndarray, *, value_range: Sequence[float] = (0.0, 
     Returns:
         ``learned_layers`` (L,) names, ``learned_locality`` (U0,), ``learned_locality_layer``,
         ``learned_locality_window``, and per layer i: ``learned{i}_units``, ``learned{i}_max``
-        (U, h, w, C) grown images cut to the centre unit's field (:func:`centre_field`), ``learned{i}_start`` and ``learned{i}_value`` (U,) activations before and after,
-        ``learned{i}_top`` (U, K, h, w, C) crops (NaN outside the image), ``learned{i}_top_value``
+        (U, h, w, C) grown images cut to the centre unit's field (:func:`centre_field`),
+        ``learned{i}_start`` and ``learned{i}_value`` (U,) activations before and after, ``learned{i}_top`` (U, K, h, w, C) crops (NaN outside the image), ``learned{i}_top_value``
         (U, K), ``learned{i}_rf`` (:func:`rf_vector`).
     """
     from robust.gradients import check_value_range

@@ -108,7 +108,8 @@ def test_run_writes_results_figures_and_reports(run_dir):
     # the findings are written from the numbers
     assert f"{100 * lenet['test_accuracy']:.1f}%" in html
     # What the network learned (issue 14): figures per layer, locality in the findings, fields in the table
-    assert (run_dir / "figures" / "learned_lenet5_0.png").is_file() and (run_dir / "figures" / "learned_mlp-64_0.png").is_file()
+    for name in ("learned_lenet5_0.png", "learned_lenet5_2.png", "learned_mlp-64_0.png"):
+        assert (run_dir / "figures" / name).is_file(), name
     assert "What the network learned" in html and "First-layer locality" in html
     assert lenet["summary"]["rows"][2]["receptive_field"]["size"] == [5, 5]
 

@@ -21,12 +21,7 @@ def _eps50(rows: list[dict]) -> float | None:
 
 
 def findings(results: dict, learned: dict | None = None) -> list[str]:
-    """Plain sentences, each built from measured values in ``results`` (and the locality numbers in ``learned``).
-
-    ``learned`` maps a model key to the first layer's locality measured by
-    :func:`robust.visualize.locality` (``layer``, ``window``, ``units``,
-    ``median``, ``min``, ``max``, ``even``), or to None for runs without it.
-    """
+    """Plain sentences, each built from measured values in ``results`` and ``learned`` (:func:`locality_findings`)."""
     models = results["models"]
     out: list[str] = []
     failing = {k for k, m in models.items() if any(c["status"] == "fail" for c in m["checks"])}
@@ -106,12 +101,15 @@ def findings(results: dict, learned: dict | None = None) -> list[str]:
             out.append(f"Fooling images: {m['label']} labels pure noise-started images with at least "
                        f"{100 * results['spec']['fooling']['threshold']:g}% confidence for {len(reached)} of "
                        f"{len(m['fooling'])} targets" + (f", in a median of {med} gradient steps." if med else "."))
-    out += locality_findings(models, learned or {})
-    return out
+    return out + locality_findings(models, learned or {})
 
 
 def locality_findings(models: dict, learned: dict) -> list[str]:
-    """How local each model's first-layer units are: the share of input-gradient mass in the best small window."""
+    """How local each model's first-layer units are: the share of input-gradient mass in the best small window.
+
+    ``learned`` maps a model key to the numbers of :func:`robust.visualize.locality` for its first layer
+    (``layer``, ``window``, ``units``, ``median``, ``min``, ``max``, ``even``), or to None for runs without them.
+    """
     known = {k: v for k, v in learned.items() if v and k in models}
     if not known:
         return []
