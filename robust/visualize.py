@@ -705,8 +705,9 @@ def report_arrays(model, x: np.ndarray, *, value_range: Sequence[float] = (0.0, 
         ``learned_layers`` (L,) names, ``learned_locality`` (U0,), ``learned_locality_layer``,
         ``learned_locality_window``, and per layer i: ``learned{i}_units``, ``learned{i}_max``
         (U, h, w, C) grown images cut to the centre unit's field (:func:`centre_field`),
-        ``learned{i}_start`` and ``learned{i}_value`` (U,) activations before and after, ``learned{i}_top`` (U, K, h, w, C) crops (NaN outside the image), ``learned{i}_top_value``
-        (U, K), ``learned{i}_rf`` (:func:`rf_vector`).
+        ``learned{i}_start`` and ``learned{i}_value`` (U,) activations before and after, ``learned{i}_top``
+        (U, K, h, w, C) crops (NaN outside the image), ``learned{i}_top_value`` (U, K), ``learned{i}_rf``
+        (:func:`rf_vector`).
     """
     from robust.gradients import check_value_range
 
