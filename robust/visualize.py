@@ -329,7 +329,7 @@ class ActivationMaximization:
             if k < 1:
                 continue
             s = score(x - base)                                       # (B, H, W)
-            threshold = ops.sort(ops.reshape(s, (-1, flat_hw)), axis=-1)[:, k - 1]
+            threshold = -ops.top_k(-ops.reshape(s, (-1, flat_hw)), k, sorted=True)[0][:, k - 1]  # k-th smallest
             keep = ops.expand_dims(s > ops.reshape(threshold, (-1, 1, 1)), -1)
             x = ops.where(keep, x, base)
         return x
