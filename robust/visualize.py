@@ -110,7 +110,11 @@ def choose_layers(model, which: str | Sequence[str] | None = None) -> list[str]:
 
 
 def _num_units(layer) -> int:
-    shape = layer.output.shape
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError) as exc:
+        raise RobustError(f"Layer {layer.name!r} has no single output tensor in a model graph ({exc}); only "
+                          "layers of a functional or Sequential model, called once, can be visualised.") from None
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] is not None else 1
 
 
@@ -672,6 +676,25 @@ def window_fraction(mass: np.ndarray, window: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ the report
 
+def why_not_visualizable(model) -> str | None:
+    """Why :func:`report_arrays` cannot read ``model``'s units (a sentence), or None when it can."""
+    inputs = getattr(model, "inputs", None) if not _is_subclassed(model) else None
+    if not inputs:
+        return "it has no graph of layers to read inner activations from (a subclassed model)"
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or any(d is None for d in inputs[0].shape[1:]):
+        return f"it does not take one fixed-size image input (its inputs: {[tuple(t.shape) for t in inputs]})"
+    if not default_layers(model):
+        return "it has no convolution or dense layer"
+    return None
+
+
+def _is_subclassed(model) -> bool:
+    import keras
+    from keras.src.models.functional import Functional
+
+    return not isinstance(model, (Functional, keras.Sequential))
+
+
 def report_layers(model, n: int = 3) -> list[str]:
     """Up to ``n`` of :func:`default_layers`, spread from the first to the last."""
     names = default_layers(model)
@@ -702,6 +725,7 @@ def report_arrays(model, x: np.ndarray, *, value_range: Sequence[float] = (0.0, 
     scaled to [0, 1] for the figures.
 
     Returns:
+        Nothing (an empty dict) for a model :func:`why_not_visualizable` refuses; else
         ``learned_layers`` (L,) names, ``learned_locality`` (U0,), ``learned_locality_layer``,
         ``learned_locality_window``, and per layer i: ``learned{i}_units``, ``learned{i}_max``
         (U, h, w, C) grown images cut to the centre unit's field (:func:`centre_field`),
@@ -712,6 +736,8 @@ def report_arrays(model, x: np.ndarray, *, value_range: Sequence[float] = (0.0, 
     from robust.gradients import check_value_range
 
     lo, hi = check_value_range(value_range)
+    if layers is None and why_not_visualizable(model):
+        return {}
     names = list(layers) if layers is not None else report_layers(model)
     chosen = {n: list(range(min(units, _num_units(get_layer(model, n))))) for n in names}
     targets = [(n, u) for n in names for u in chosen[n]]

@@ -78,7 +78,7 @@ def test_top_images_match_brute_force_and_crop_the_receptive_field(lenet, images
     units = {"c3": [0, 5, 11], "s2": [2], "f6": [0, 3]}
     tops = top_images(lenet, images, units, k=5, batch_size=64)  # several batches merged
     for name, chosen in units.items():
-        acts = np.asarray(keras.Model(lenet.inputs, lenet.get_layer(name).output).predict(images, verbose=0))
+        acts = np.asarray(keras.Model(lenet.input, lenet.get_layer(name).output).predict(images, verbose=0))
         for row, u in enumerate(chosen):
             per_image = acts[..., u].reshape(len(images), -1).max(1)
             left, expected = per_image.copy(), []
@@ -93,7 +93,7 @@ def test_top_images_match_brute_force_and_crop_the_receptive_field(lenet, images
         for k in range(5):
             img = int(c3.index[row, k])
             i, j = c3.position[row, k]
-            fmap = np.asarray(keras.Model(lenet.inputs, lenet.get_layer("c3").output)(images[img:img + 1]))[0, ..., u]
+            fmap = np.asarray(keras.Model(lenet.input, lenet.get_layer("c3").output)(images[img:img + 1]))[0, ..., u]
             assert fmap[i, j] == pytest.approx(fmap.max(), rel=1e-5)
             # c3's field, by hand: 14 px, step 2, starting at -2 (the 2-pixel padding to 32x32).
             top, left = -2 + 2 * i, -2 + 2 * j
@@ -153,6 +153,24 @@ def test_plugin_style_model_with_rescaling_front(images):
     assert np.all(grown.value > grown.start)
     tops = top_images(model, images * 255, {"pool": [0, 1]}, k=3)
     assert tops["pool"].receptive_field.size == (4, 4) and tops["pool"].crops.shape == (2, 3, 4, 4, 1)
+
+
+def test_subclassed_model_is_left_out_of_the_report(images):
+    """A subclassed model has no graph to read inner activations from: no section, not a crash."""
+    from robust.visualize import why_not_visualizable
+
+    class Small(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.flat, self.out = keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.out(self.flat(self.conv(x)))
+
+    model = Small()
+    model(images[:1])
+    assert "subclassed" in why_not_visualizable(model)
+    assert report_arrays(model, images[:10], steps=2) == {}
 
 
 def test_report_arrays_for_a_random_vgg():

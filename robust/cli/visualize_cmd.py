@@ -63,6 +63,12 @@ def visualize_command(model_ref, layers, units, top, crop, steps, step_size, l2_
                                   contribution_pct=contribution_pct, objective=objective, seed=seed)
     model, card = _load(model_ref, unsafe, value_range_opt)
     lo, hi = (float(v) for v in card.get("value_range") or (0.0, 1.0))
+    from robust.visualize import why_not_visualizable
+
+    reason = why_not_visualizable(model)
+    if reason:
+        raise RobustError(f"Cannot visualise {model_ref}: {reason}. robust visualize reads a functional or "
+                          "Sequential Keras model's layers on one image input.")
     names = choose_layers(model, layers)
     chosen = {n: list(range(min(units, _units(model, n)))) for n in names}
     crop_mode = "auto" if crop is None else crop
