@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import click
+import numpy as np
 
 from robust.cli import main
 from robust.cli.common import ValueRange, data_options, echo_err
@@ -55,15 +56,37 @@ def visualize_command(model_ref, layers, units, top, crop, steps, step_size, l2_
 
     Example: robust visualize runs/lenet5 --layers c1,c3 --units 6 --top 8
     """
+    from robust.artifacts import write_json
     from robust.cli.attack_cmd import _default_out, _load, _versions
-    from robust.visualize import ActivationMaximization, choose_layers
+    from robust.visualize import ActivationMaximization, top_images
 
     grow = ActivationMaximization(steps=steps, step_size=step_size, l2_decay=l2_decay, blur_every=blur_every,
                                   blur_sigma=blur_sigma, jitter=jitter, norm_pct=norm_pct,
                                   contribution_pct=contribution_pct, objective=objective, seed=seed)
     model, card = _load(model_ref, unsafe, value_range_opt)
     lo, hi = (float(v) for v in card.get("value_range") or (0.0, 1.0))
-    from robust.visualize import why_not_visualizable
+    names, chosen, crop_mode = _choose(model, model_ref, layers, units, top, crop)
+    x = _test_images(model, card, model_ref, dataset, data_path, limit, seed, (lo, hi)) if top else None
+    tops = top_images(model, x, chosen, k=min(top, len(x)), crop=crop_mode, batch_size=batch_size) if top else {}
+    out = Path(out_dir) if out_dir else _default_out(model_ref, "visualize")
+    grown = {}
+    for name in names:  # all the work first, then the files: an error leaves nothing half-written
+        grown[name] = result = grow(model, [(name, u) for u in chosen[name]], value_range=(lo, hi))
+        gain = float((result.value / np.maximum(np.abs(result.start), 1e-12)).min())
+        echo_err(f"{name}: {len(chosen[name])} units in {result.seconds:.1f} s; activation x{gain:.1f} or more "
+                 "over the starting noise")
+    rows = {name: _layer_report(model, name, grown[name], tops.get(name), (lo, hi), out) for name in names}
+    write_json(out / "visualize.json", {
+        "command": "visualize", "model": str(model_ref), "value_range": [lo, hi], "params": grow.params,
+        "top": top, "crop": crop_mode, "layers": rows, "versions": _versions(),
+    })
+    click.echo(f"wrote {out}/ (visualize.json and {len(rows)} PNG files: "
+               + ", ".join(r["png"] for r in rows.values()) + ")")
+
+
+def _choose(model, model_ref, layers, units, top, crop):
+    """The layers, their units and the crop mode, checked before any work."""
+    from robust.visualize import _crop_field, choose_layers, why_not_visualizable
 
     reason = why_not_visualizable(model)
     if reason:
@@ -73,30 +96,9 @@ def visualize_command(model_ref, layers, units, top, crop, steps, step_size, l2_
     chosen = {n: list(range(min(units, _units(model, n)))) for n in names}
     crop_mode = "auto" if crop is None else crop
     if top and crop_mode is True:
-        from robust.visualize import _crop_field
-
         for n in names:
-            _crop_field(model, n, True)  # refuse before any work
-    x = _test_images(model, card, model_ref, dataset, data_path, limit, seed, (lo, hi)) if top else None
-
-    from robust.visualize import top_images
-
-    tops = top_images(model, x, chosen, k=min(top, len(x)), crop=crop_mode, batch_size=batch_size) if top else {}
-    out = Path(out_dir) if out_dir else _default_out(model_ref, "visualize")
-    rows = {}
-    for name in names:
-        result = grow(model, [(name, u) for u in chosen[name]], value_range=(lo, hi))
-        rows[name] = _layer_report(model, name, result, tops.get(name), (lo, hi), out)
-        echo_err(f"{name}: {len(chosen[name])} units in {result.seconds:.1f} s; activation x"
-                 f"{min(r['gain'] for r in rows[name]['units']):.1f} or more over the starting noise")
-    from robust.artifacts import write_json
-
-    write_json(out / "visualize.json", {
-        "command": "visualize", "model": str(model_ref), "value_range": [lo, hi], "params": grow.params,
-        "top": top, "crop": crop_mode, "layers": rows, "versions": _versions(),
-    })
-    click.echo(f"wrote {out}/ (visualize.json and {len(rows)} PNG files: "
-               + ", ".join(r["png"] for r in rows.values()) + ")")
+            _crop_field(model, n, True)
+    return names, chosen, crop_mode
 
 
 def _units(model, name: str) -> int:
@@ -124,8 +126,6 @@ def _test_images(model, card, model_ref, dataset, data_path, limit, seed, value_
 
 def _layer_report(model, name, result, tops, value_range, out: Path) -> dict:
     """Write the layer's PNG; return its JSON entry."""
-    import numpy as np
-
     from robust.report import figures
     from robust.summary import receptive_fields
 
