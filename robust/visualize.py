@@ -339,7 +339,10 @@ class ActivationMaximization:
         return x
 
     def _compiled(self, fn, image_shape: tuple[int, ...], jitter: int):
-        """One compiled loop: ``run(x0, seed, step_size, low, high) -> (x, start value, final value)``."""
+        """One compiled loop: ``run(x0, shifts, step_size, low, high) -> (x, start value, final value)``.
+
+        ``shifts`` (steps, 2) are the jitter offsets, drawn by the caller.
+        """
         from keras import ops
 
         from robust import backend
@@ -351,12 +354,11 @@ class ActivationMaximization:
         value_and_grad = backend.value_and_grad(lambda x: (fn(x), None))
         decay = 1.0 - self.l2_decay
 
-        def run(x0, seed, step_size, low, high):
+        def run(x0, shifts, step_size, low, high):
             base = low  # the background the image decays to and clipped pixels return to
             if jitter and spatial:
-                # All shifts drawn up front; each step rolls by the change from the previous shift,
-                # so the image stays in its shifted frame and is rolled back once at the end.
-                shifts = backend.Rng(seed).integers((steps, 2), -jitter, jitter + 1)
+                # Each step rolls by the change from the previous shift, so the image stays in its
+                # shifted frame and is rolled back once at the end.
                 moves = shifts - ops.concatenate([ops.zeros((1, 2), "int32"), shifts[:-1]], axis=0)
 
             def body(i, x):
@@ -376,7 +378,8 @@ class ActivationMaximization:
             return x, fn(x0), fn(x)
 
         scalar = backend.spec(())
-        signature = [backend.spec((None,) + tuple(image_shape)), backend.spec((2,), "int32"), scalar, scalar, scalar]
+        signature = [backend.spec((None,) + tuple(image_shape)), backend.spec((steps, 2), "int32"), scalar, scalar,
+                     scalar]
         return backend.compile(run, signature)
 
     def jitter_for(self, model, layer_names: Sequence[str]) -> int:
@@ -408,7 +411,8 @@ class ActivationMaximization:
         rng = np.random.default_rng(self.seed)
         x0 = (low + self.noise * (high - low) * rng.uniform(size=(len(targets),) + image_shape)).astype(np.float32)
         step_size = self.step_size if self.step_size is not None else 0.02 * (high - low)
-        args = (backend.tensor(x0), backend.tensor([self.seed % (2**31 - 1), 0], "int32"),
+        shifts = rng.integers(-jitter, jitter + 1, size=(self.steps, 2))
+        args = (backend.tensor(x0), backend.tensor(shifts, "int32"),
                 backend.tensor(step_size), backend.tensor(low), backend.tensor(high))
 
         def go() -> Maximization:
