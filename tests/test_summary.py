@@ -258,3 +258,22 @@ def test_summary_of_a_huge_input_counts_without_allocating():
     pixels = 100_000 * 100_000 * 3
     assert d["totals"]["params"] == (pixels + 1) * 512 + 513 * 512 + 513 * 10
     assert d["totals"]["activations"] == pixels + 512 + 512 + 10
+
+
+def test_receptive_field_through_a_nested_model():
+    """A functional model used as a layer (as Keras Applications are) is walked inside, with outer/inner names."""
+    inner_in = keras.Input((17, 18, 3))
+    inner = keras.Model(inner_in, keras.layers.MaxPooling2D(2, name="pool")(
+        keras.layers.Conv2D(4, 3, padding="same", name="conv")(inner_in)), name="trunk")
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Cropping2D(((1, 0), (0, 0)), name="crop")(keras.layers.ZeroPadding2D(1, name="pad")(inputs))
+    x = inner(keras.layers.Rescaling(1 / 255, name="scale")(x))  # 17x18 -> trunk
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="head")(x))
+    rf = _fields(model)
+    # pad moves the start to -1, the crop of one top row moves rows back to 0; 'same' 3x3 pads one more.
+    assert rf["crop"].start == (0, -1)
+    assert (rf["trunk/conv"].size, rf["trunk/conv"].start) == ((3, 3), (-1, -2))
+    assert (rf["trunk/pool"].size, rf["trunk/pool"].jump) == ((4, 4), (2, 2))
+    assert (rf["head"].size, rf["head"].jump, rf["head"].start) == ((8, 8), (2, 2), (-1, -2))
+    rows = {r.name: r.receptive_field for r in summarize(model).rows}
+    assert rows["trunk/pool"] == rf["trunk/pool"] and rows["head"] == rf["head"]
