@@ -139,7 +139,7 @@ def _layer_report(model, name, result, tops, value_range, out: Path) -> dict:
     grown = centre_field(model, name, result.images) if result.params["objective"] == "center" else result.images
     figures.unit_grid(name, [u for _, u in result.targets], (grown - lo) / (hi - lo),
                       None if crops is None else (crops - lo) / (hi - lo), None if tops is None else tops.value,
-                      out / png, gains=gains, receptive_field=figures.rf_text(rf_vector(rf)))
+                      out / png, gains=gains, receptive_field=figures.rf_text(rf_vector(rf), rf.image if rf else None))
     units = []
     for i, (_, u) in enumerate(result.targets):
         entry = {"unit": u, "start_activation": float(result.start[i]), "activation": float(result.value[i]),

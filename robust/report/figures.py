@@ -190,13 +190,15 @@ def unit_grid(layer: str, units, maximized, crops, top_values, path: Path, *, ga
     return _save(fig, path)
 
 
-def rf_text(vector) -> str:
-    """A receptive field given as :func:`robust.visualize.rf_vector`, in words."""
+def rf_text(vector, image: tuple[int, int] | None = None) -> str:
+    """A receptive field given as :func:`robust.visualize.rf_vector`, in words (``image``: its H, W)."""
     v = [int(a) for a in np.asarray(vector).ravel()]
     if len(v) != 7 or v[0] < 0:
         return "receptive field unknown"
     if not v[6]:
         return "each unit sees the whole image"
+    if image is not None and (v[0] >= image[0] and v[1] >= image[1]):
+        return f"receptive field {v[0]}x{v[1]} px, step {v[2]}: it covers the whole {image[0]}x{image[1]} image"
     return f"cropped to the receptive field: {v[0]}x{v[1]} px, step {v[2]}"
 
 
@@ -211,7 +213,8 @@ def learned_figures(arrays, key: str, fig_dir: Path) -> list[dict]:
     for i, layer in enumerate(str(n) for n in arrays["learned_layers"]):
         start, value = arrays[f"learned{i}_start"], arrays[f"learned{i}_value"]
         gains = value / np.maximum(np.abs(start), 1e-12)
-        rf = rf_text(arrays[f"learned{i}_rf"])
+        image = tuple(arrays["example_x"].shape[1:3]) if "example_x" in arrays.files else None
+        rf = rf_text(arrays[f"learned{i}_rf"], image)
         png = unit_grid(layer, arrays[f"learned{i}_units"], arrays[f"learned{i}_max"], arrays[f"learned{i}_top"],
                         arrays[f"learned{i}_top_value"], fig_dir / f"learned_{key}_{i}.png", gains=gains,
                         receptive_field=rf)
