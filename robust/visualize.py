@@ -24,7 +24,8 @@ the centre position (or the spatial mean) for a convolutional layer, the unit
 itself for a dense one. For a ``Conv2D`` or ``Dense`` layer with a built-in
 activation the ascent climbs the net input before that activation (monotone
 activations have the same maximiser, and a ReLU that is off at the start
-would give no gradient).
+would give no gradient); top images are ranked by the layer's output itself,
+after its activation, as Zeiler & Fergus ranked feature-map activations.
 """
 
 from __future__ import annotations
