@@ -56,7 +56,7 @@ class FoolingResult:
     seconds: float
 
 
-def _gaussian_kernel(sigma: float, channels: int) -> np.ndarray:
+def gaussian_kernel(sigma: float, channels: int) -> np.ndarray:
     radius = max(1, int(math.ceil(2 * sigma)))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     g = np.exp(-0.5 * (t / sigma) ** 2)
@@ -127,7 +127,7 @@ class FoolingImages:
     def _compiled(self, model, logits: Logits, image_shape: tuple[int, ...]):
         key = ("FoolingImages", self.blur_every, self.blur_sigma, self.jitter, tuple(image_shape))
         blur_every, jitter = self.blur_every, self.jitter
-        kernel = _gaussian_kernel(self.blur_sigma, image_shape[-1]) if blur_every and len(image_shape) == 3 else None
+        kernel = gaussian_kernel(self.blur_sigma, image_shape[-1]) if blur_every and len(image_shape) == 3 else None
 
         def confidence(z, target):
             return ops.take_along_axis(ops.softmax(z, axis=-1), ops.expand_dims(target, -1), axis=-1)[:, 0]

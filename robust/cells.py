@@ -194,6 +194,10 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     }
     if cell.fooling is not None:
         arrays.update(_fooling_arrays(model, dict(cell.fooling), (lo, hi), cell.seed, unit))
+    from robust.visualize import report_arrays
+
+    # "What the network learned": a few layers, a few units each.
+    arrays.update(report_arrays(model, x, value_range=(lo, hi), seed=cell.seed))
     return checks, arrays
 
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from robust.errors import RobustError
 
@@ -65,6 +65,7 @@ class LayerRow:
     activations: int
     weights: int
     biases: int
+    receptive_field: "ReceptiveField | None" = None
 
     @property
     def params(self) -> int:
@@ -114,7 +115,9 @@ class Summary:
         return {
             "model": self.model_name,
             "input_shape": list(self.input_shape),
-            "rows": [dict(dataclasses.asdict(r), output_shape=list(r.output_shape)) for r in self.rows],
+            "rows": [dict(dataclasses.asdict(r), output_shape=list(r.output_shape),
+                          receptive_field=r.receptive_field.to_dict() if r.receptive_field else None)
+                     for r in self.rows],
             "totals": {
                 "params": self.params,
                 "trainable_params": self.trainable_params,
@@ -127,6 +130,171 @@ class Summary:
                 "param_bytes": self.param_bytes,
             },
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+    """The input pixels one unit of a layer sees, per spatial axis (height, width).
+
+    Unit ``(i, j)`` of the layer's output sees input rows ``start[0] + i * jump[0]``
+    up to (excluding) that plus ``size[0]``, and likewise columns. ``start`` is
+    negative where the field reaches into padding. A layer without spatial axes
+    (after ``Flatten``, a ``Dense`` layer, global pooling) has ``spatial=False``:
+    each unit sees the whole image.
+
+    The recurrence (Araujo et al. 2019, "Computing receptive fields of
+    convolutional neural networks"): a layer with kernel k, dilation d,
+    stride s and top padding p maps ``(size, jump, start)`` to
+    ``(size + (d(k - 1)) jump, jump s, start - p jump)``.
+    """
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[int, int]
+    image: tuple[int, int]
+    spatial: bool = True
+
+    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` in input pixels of unit ``(i, j)``; may extend past the image."""
+        top, left = self.start[0] + i * self.jump[0], self.start[1] + j * self.jump[1]
+        return top, left, top + self.size[0], left + self.size[1]
+
+    def clipped_box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """:meth:`box` cut to the image: the pixels that exist."""
+        top, left, bottom, right = self.box(i, j)
+        h, w = self.image
+        return max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+
+    def describe(self) -> str:
+        if not self.spatial:
+            return "whole image"
+        size = f"{self.size[0]}" if self.size[0] == self.size[1] else f"{self.size[0]}x{self.size[1]}"
+        jump = f"{self.jump[0]}" if self.jump[0] == self.jump[1] else f"{self.jump[0]}x{self.jump[1]}"
+        return f"{size} px, step {jump}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "jump": list(self.jump), "start": list(self.start),
+                "image": list(self.image), "spatial": self.spatial}
+
+
+_POINTWISE = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "BatchNormalization",
+              "LayerNormalization", "GroupNormalization", "UnitNormalization", "Rescaling", "Normalization",
+              "Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity",
+              "ActivityRegularization", "Dense", "EinsumDense", "InputLayer", "Masking")
+_MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+
+
+def _padding_before(padding: str, n: int, k: int, s: int) -> int:
+    """Rows (or columns) of zeros before the input, as TensorFlow pads ``"same"`` (the smaller half first)."""
+    if padding != "same":
+        return 0
+    total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+    return total // 2
+
+
+def _window(layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], str] | None:
+    """(kernel, strides, dilation, padding) of a 2-D convolution or pooling layer, else None."""
+    kernel = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
+    if kernel is None or len(kernel) != 2 or getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    if type(layer).__name__.endswith("Transpose"):
+        return None
+    strides = tuple(layer.strides or kernel)
+    dilation = tuple(getattr(layer, "dilation_rate", (1, 1)))
+    return tuple(kernel), strides, dilation, str(layer.padding).lower()
+
+
+def layer_receptive_field(layer, inputs: list[ReceptiveField | None], in_shape, out_shape) -> ReceptiveField | None:
+    """The receptive field of ``layer``'s output from those of its inputs; ``None`` when it cannot be known.
+
+    Args:
+        layer: a Keras layer.
+        inputs: the receptive fields of the layer's input tensors.
+        in_shape: the first input's shape without the batch axis.
+        out_shape: the output's shape without the batch axis.
+    """
+    if not inputs or any(rf is None for rf in inputs):
+        return None
+    first = inputs[0]
+    whole = ReceptiveField(first.image, (1, 1), (0, 0), first.image, spatial=False)
+    if len(out_shape) < 3 or not all(rf.spatial for rf in inputs):
+        return whole  # no spatial axes left (flatten, dense, global pooling): every unit sees everything
+    kind = type(layer).__name__
+    if kind in _MERGE:
+        if len({rf.jump for rf in inputs}) != 1:
+            return None
+        start = tuple(min(rf.start[a] for rf in inputs) for a in (0, 1))
+        end = tuple(max(rf.start[a] + rf.size[a] for rf in inputs) for a in (0, 1))
+        return ReceptiveField(tuple(e - s for s, e in zip(start, end)), first.jump, start, first.image)
+    if kind in ("ZeroPadding2D", "Cropping2D"):
+        pads = getattr(layer, "padding", None) if kind == "ZeroPadding2D" else layer.cropping
+        sign = -1 if kind == "ZeroPadding2D" else 1
+        start = tuple(first.start[a] + sign * int(pads[a][0]) * first.jump[a] for a in (0, 1))
+        return ReceptiveField(first.size, first.jump, start, first.image)
+    window = _window(layer)
+    if window is not None:
+        (kernel, strides, dilation, padding) = window
+        size, jump, start = [], [], []
+        for a in (0, 1):
+            k = dilation[a] * (kernel[a] - 1) + 1
+            pad = _padding_before(padding, int(in_shape[a]), k, strides[a])
+            size.append(first.size[a] + (k - 1) * first.jump[a])
+            jump.append(first.jump[a] * strides[a])
+            start.append(first.start[a] - pad * first.jump[a])
+        return ReceptiveField(tuple(size), tuple(jump), tuple(start), first.image)
+    if kind in _POINTWISE and tuple(in_shape[:2]) == tuple(out_shape[:2]):
+        return first
+    return None
+
+
+def receptive_fields(model) -> dict[str, ReceptiveField | None]:
+    """The receptive field of every layer of a model whose input is an image (H, W, C), by layer name.
+
+    Nested functional and Sequential models are expanded, with names
+    ``outer/inner`` as in :func:`summarize`. A layer after one whose effect
+    on positions is unknown (resizing, upsampling, a subclassed block) maps
+    to ``None``. A model whose input is not an image gets an empty dict.
+    """
+    if not _single_input(model) or len(model.inputs[0].shape) != 4:
+        return {}
+    h, w = (int(d) if d is not None else 0 for d in model.inputs[0].shape[1:3])
+    identity = ReceptiveField((1, 1), (1, 1), (0, 0), (h, w))
+    names: dict[str, ReceptiveField | None] = {}
+    tensors = {id(model.inputs[0]): identity}
+    names[model.inputs[0].name] = identity
+    _walk_fields(model, tensors, names, prefix="")
+    return names
+
+
+def _walk_fields(model, tensors: dict, names: dict, prefix: str) -> None:
+    """Fill ``tensors`` (id of a Keras tensor -> field) and ``names`` (layer name -> field) through ``model``."""
+    import keras
+
+    sequential = isinstance(model, keras.Sequential)
+    previous = model.inputs[0]
+    for layer in model.layers:
+        nodes = [] if sequential else _layer_nodes(model, layer)
+        ins = [previous] if sequential else (list(nodes[0].input_tensors) if nodes else [])
+        outs = [layer.output] if sequential else (list(nodes[0].output_tensors) if nodes else [])
+        if isinstance(layer, keras.layers.InputLayer):
+            for t in outs:
+                tensors.setdefault(id(t), tensors.get(id(model.inputs[0])))
+            names[f"{prefix}{layer.name}"] = tensors.get(id(model.inputs[0]))
+            continue
+        fields = [tensors.get(id(t)) for t in ins]
+        if _is_graph_model(layer) and layer.layers and len(layer.inputs) == 1:
+            tensors[id(layer.inputs[0])] = fields[0] if fields else None
+            _walk_fields(layer, tensors, names, prefix=f"{prefix}{layer.name}/")
+            rf = tensors.get(id(layer.outputs[0])) if len(layer.outputs) == 1 else None
+        else:
+            in_shape = tuple(ins[0].shape[1:]) if ins else ()
+            out_shape = tuple(outs[0].shape[1:]) if outs else ()
+            rf = layer_receptive_field(layer, fields, in_shape, out_shape)
+        for t in outs:
+            tensors[id(t)] = rf
+        names[f"{prefix}{layer.name}"] = rf
+        if outs:
+            previous = outs[0]
 
 
 def _passthrough_types() -> tuple[type, ...]:
@@ -154,7 +322,8 @@ def summarize(model, input_shape: Sequence[int] | None = None, *, bytes_per_valu
             was given, or ``input_shape`` does not fit the model.
     """
     model = _with_input_shape(model, input_shape)
-    rows = list(_rows(model, prefix=""))
+    fields = receptive_fields(model)
+    rows = [dataclasses.replace(r, receptive_field=fields.get(r.name)) for r in _rows(model, prefix="")]
     trainable = sum(int(math.prod(v.shape)) for v in model.trainable_weights)
     return Summary(
         model_name=model.name,
@@ -164,6 +333,29 @@ def summarize(model, input_shape: Sequence[int] | None = None, *, bytes_per_valu
         trainable_params=trainable,
         bytes_per_value=int(bytes_per_value),
     )
+
+
+def summarize_architecture(build: Callable[[], Any], *, bytes_per_value: int = FLOAT32_BYTES) -> Summary:
+    """:func:`summarize` a model that ``build()`` creates, without allocating its weights.
+
+    The counts need only shapes. Under a ``keras.StatelessScope`` that does
+    not initialise variables, a layer's weights get their shapes but no
+    values, so ``robust summary mlp --input-shape 100000,100000,3`` counts
+    its 15 trillion parameters instead of running out of memory. The model
+    is for counting only: it has no weights to run with.
+    """
+    import keras
+    from keras.src.backend.common import global_state
+
+    key = "uninitialized_variables"
+    before = list(global_state.get_global_attribute(key, []) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+            return summarize(model, bytes_per_value=bytes_per_value)
+    finally:
+        # The deferred variables would otherwise be initialised (allocated) by the next scope that exits.
+        global_state.set_global_attribute(key, before)
 
 
 def _single_input(model) -> bool:
@@ -255,14 +447,14 @@ def _concrete(shape, where: str) -> tuple[int, ...]:
 
 
 def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n:g}"
 
 
 def _bytes(n: int) -> str:
-    for dec, bin_, scale in (("GB", "GiB", 3), ("MB", "MiB", 2), ("kB", "KiB", 1)):
+    for dec, bin_, scale in (("TB", "TiB", 4), ("GB", "GiB", 3), ("MB", "MiB", 2), ("kB", "KiB", 1)):
         if n >= 1000**scale:
             return f"{n:,} bytes ({n / 1000**scale:,.1f} {dec}, {n / 1024**scale:,.1f} {bin_})"
     return f"{n:,} bytes"
@@ -270,15 +462,17 @@ def _bytes(n: int) -> str:
 
 def format_summary(summary: Summary) -> str:
     """The table as text: one line per layer, then the totals."""
-    header = ("Layer (type)", "Output shape", "Activations", "Weights", "Biases")
+    header = ("Layer (type)", "Output shape", "Activations", "Weights", "Biases", "Receptive field")
     body = [(f"{r.name} ({r.type})", "x".join(map(str, r.output_shape)) or "scalar",
              f"{r.activations:,}" + ("*" if r.activations == 0 and r.type != "InputLayer" else ""),
-             f"{r.weights:,}", f"{r.biases:,}") for r in summary.rows]
-    total = ("Total", "", f"{summary.activations:,}", f"{summary.weights:,}", f"{summary.biases:,}")
-    widths = [max(len(line[i]) for line in [header, total, *body]) for i in range(5)]
+             f"{r.weights:,}", f"{r.biases:,}", r.receptive_field.describe() if r.receptive_field else "?")
+            for r in summary.rows]
+    total = ("Total", "", f"{summary.activations:,}", f"{summary.weights:,}", f"{summary.biases:,}", "")
+    widths = [max(len(line[i]) for line in [header, total, *body]) for i in range(len(header))]
 
     def fmt(line):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        return "  ".join(c.ljust(w) if i < 2 or i == 5 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
     rule = "-" * len(fmt(header))
     shape = "x".join(map(str, summary.input_shape)) or "several inputs"
@@ -292,4 +486,7 @@ def format_summary(summary: Summary) -> str:
              f"forward+backward {_bytes(summary.bytes_forward_backward)}"]
     if any(r.activations == 0 and r.type != "InputLayer" for r in summary.rows):
         lines.append("* reshapes or is the identity at inference: reuses its input's values, adds none.")
+    if any(r.receptive_field for r in summary.rows):
+        lines.append("Receptive field: input pixels one unit sees (height = width unless HxW), and the step between "
+                     "neighbouring units; '?' where a layer's effect on positions is unknown.")
     return "\n".join(lines)

@@ -108,6 +108,11 @@ def test_run_writes_results_figures_and_reports(run_dir):
     assert "Tiny &lt;study&gt; &amp; co" in html and "<study>" not in html
     # the findings are written from the numbers
     assert f"{100 * lenet['test_accuracy']:.1f}%" in html
+    # What the network learned (issue 14): figures per layer, locality in the findings, fields in the table
+    for name in ("learned_lenet5_0.png", "learned_lenet5_2.png", "learned_mlp-64_0.png"):
+        assert (run_dir / "figures" / name).is_file(), name
+    assert "What the network learned" in html and "First-layer locality" in html
+    assert lenet["summary"]["rows"][2]["receptive_field"]["size"] == [5, 5]
 
 
 @pytest.mark.slow
@@ -161,6 +166,29 @@ def test_report_rerenders_without_recomputing(run_dir, tmp_path):
     assert (copy / "figures" / "examples_lenet5.png").is_file()
     res = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no results.json" in res.output
+
+
+@pytest.mark.slow
+def test_report_renders_runs_without_the_learned_arrays(run_dir, tmp_path):
+    """Runs made before issue 14 have no learned* arrays and no receptive fields: the report still renders."""
+    import numpy as np
+
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("models", "records", "figures"))
+    for npz in (copy / "arrays").glob("*.npz"):
+        with np.load(npz) as arrays:
+            kept = {k: arrays[k] for k in arrays.files if not k.startswith("learned")}
+        np.savez_compressed(npz, **kept)
+    r = _results(copy)
+    for m in r["models"].values():
+        for row in m["summary"]["rows"]:
+            row.pop("receptive_field", None)
+    (copy / "results.json").write_text(json.dumps(r))
+    res = CliRunner().invoke(main, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    html = (copy / "report.html").read_text()
+    assert "What the network learned" not in html and "First-layer locality" not in html
+    assert not list((copy / "figures").glob("learned_*"))
 
 
 @pytest.mark.slow

@@ -138,7 +138,10 @@ def test_format_and_json():
     d = json.loads(json.dumps(s.to_dict()))
     assert d["totals"]["activations"] == 9_902 and d["totals"]["params"] == 61_706
     assert d["rows"][2] == {"name": "c1", "type": "Conv2D", "output_shape": [28, 28, 6], "activations": 4704,
-                            "weights": 150, "biases": 6}
+                            "weights": 150, "biases": 6,
+                            "receptive_field": {"size": [5, 5], "jump": [1, 1], "start": [-2, -2],
+                                                "image": [28, 28], "spatial": True}}
+    assert "5 px, step 1" in text and "whole image" in text
 
 
 def test_cli_summary_zoo_and_saved(tmp_path):
@@ -191,3 +194,86 @@ def test_a_subclassed_block_inside_a_functional_model_is_one_row():
     assert rows["block"].output_shape == (8, 8, 4) and rows["block"].activations == 8 * 8 * 4
     assert rows["block"].weights == 3 * 3 * 1 * 4 and rows["block"].biases == 4
     assert summary.to_dict()["totals"]["params"] == 3 * 3 * 4 + 4 + (8 * 8 * 4 + 1) * 3
+
+
+# ---------------------------------------------------------------- receptive fields
+
+def _fields(model):
+    from robust.summary import receptive_fields
+
+    return receptive_fields(model)
+
+
+def test_receptive_field_vgg16_known_values():
+    """VGG-16 at 224: conv5_3 sees 196 pixels, pool5 212 (the values quoted for VGG-16 everywhere)."""
+    rf = _fields(build_model("vgg16", (224, 224, 3), 1000))
+    assert rf["block5_conv3"].size == (196, 196) and rf["block5_conv3"].jump == (16, 16)
+    assert rf["block5_pool"].size == (212, 212) and rf["block5_pool"].jump == (32, 32)
+    # 3x3 'same' convolutions pad one pixel, counted in units of the current step: 1+1+2+2+4*3+8*3+16*3 = 90.
+    assert rf["block5_conv3"].start == (-90, -90)
+    assert not rf["fc1"].spatial
+    # The same layers at CIFAR size: the field does not depend on the image size, the padding does not change.
+    cifar = _fields(build_model("vgg11", (32, 32, 3), 10, width=0.25))
+    assert cifar["block1_conv1"].size == (3, 3) and cifar["block5_pool"].jump == (32, 32)
+
+
+def test_receptive_field_lenet5_by_hand():
+    rf = _fields(build_model("lenet5", (28, 28, 1), 10))
+    # size r, step j: a k-kernel adds (k - 1) j, a stride s multiplies j by s.
+    # c1 5x5: r 5, j 1; s2 2x2/2: r 5 + 1 = 6, j 2; c3 5x5: r 6 + 4*2 = 14; s4: r 14 + 2 = 16, j 4;
+    # c5 5x5: r 16 + 4*4 = 32, j 4. The 28x28 image is padded by 2 on top and left, so every field starts at -2.
+    expected = {"c1": (5, 1), "s2": (6, 2), "c3": (14, 2), "s4": (16, 4), "c5": (32, 4)}
+    for name, (size, jump) in expected.items():
+        assert rf[name].size == (size, size) and rf[name].jump == (jump, jump), name
+        assert rf[name].start == (-2, -2), name
+    assert rf["image"].size == (1, 1) and rf["pad"].start == (-2, -2)
+    assert not rf["f6"].spatial and rf["f6"].describe() == "whole image"
+    # Unit (3, 4) of c3 sees rows -2 + 3*2 .. +14 and columns -2 + 4*2 .. +14.
+    assert rf["c3"].box(3, 4) == (4, 6, 18, 20)
+    assert rf["c1"].clipped_box(0, 0) == (0, 0, 3, 3)
+
+
+def test_receptive_field_strided_same_padding_and_merge():
+    inputs = keras.Input((9, 9, 1))
+    a = keras.layers.Conv2D(2, 3, strides=2, padding="same", name="a")(inputs)   # 9 -> 5, pad total 2, 1 before
+    b = keras.layers.Conv2D(2, 1, strides=2, name="b")(inputs)                   # 1x1 stride 2
+    m = keras.layers.Add(name="add")([keras.layers.Rescaling(2.0, name="scale")(a), b])
+    up = keras.layers.UpSampling2D(name="up")(m)
+    out = keras.layers.GlobalAveragePooling2D(name="gap")(up)
+    rf = _fields(keras.Model(inputs, out))
+    assert (rf["a"].size, rf["a"].jump, rf["a"].start) == ((3, 3), (2, 2), (-1, -1))
+    assert (rf["b"].size, rf["b"].start) == ((1, 1), (0, 0))
+    assert rf["scale"] == rf["a"]
+    assert (rf["add"].size, rf["add"].start) == ((3, 3), (-1, -1))     # the union of both branches
+    assert rf["up"] is None                                           # unknown: upsampling is not a window
+    s = summarize(keras.Model(inputs, out))
+    assert "?" in format_summary(s)
+
+
+def test_summary_of_a_huge_input_counts_without_allocating():
+    """Issue 12, item 8: 100000x100000x3 used to end in an out-of-memory traceback; shapes are enough."""
+    result = CliRunner().invoke(main, ["summary", "mlp", "--input-shape", "100000,100000,3", "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output)
+    pixels = 100_000 * 100_000 * 3
+    assert d["totals"]["params"] == (pixels + 1) * 512 + 513 * 512 + 513 * 10
+    assert d["totals"]["activations"] == pixels + 512 + 512 + 10
+
+
+def test_receptive_field_through_a_nested_model():
+    """A functional model used as a layer (as Keras Applications are) is walked inside, with outer/inner names."""
+    inner_in = keras.Input((17, 18, 3))
+    inner = keras.Model(inner_in, keras.layers.MaxPooling2D(2, name="pool")(
+        keras.layers.Conv2D(4, 3, padding="same", name="conv")(inner_in)), name="trunk")
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Cropping2D(((1, 0), (0, 0)), name="crop")(keras.layers.ZeroPadding2D(1, name="pad")(inputs))
+    x = inner(keras.layers.Rescaling(1 / 255, name="scale")(x))  # 17x18 -> trunk
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="head")(x))
+    rf = _fields(model)
+    # pad moves the start to -1, the crop of one top row moves rows back to 0; 'same' 3x3 pads one more.
+    assert rf["crop"].start == (0, -1)
+    assert (rf["trunk/conv"].size, rf["trunk/conv"].start) == ((3, 3), (-1, -2))
+    assert (rf["trunk/pool"].size, rf["trunk/pool"].jump) == ((4, 4), (2, 2))
+    assert (rf["head"].size, rf["head"].jump, rf["head"].start) == ((8, 8), (2, 2), (-1, -2))
+    rows = {r.name: r.receptive_field for r in summarize(model).rows}
+    assert rows["trunk/pool"] == rf["trunk/pool"] and rows["head"] == rf["head"]

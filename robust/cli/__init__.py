@@ -35,7 +35,7 @@ def main(debug: bool) -> None:
 # Command modules register themselves on `main` when imported.
 from robust.cli import models_cmd, run_cmd, summary_cmd, train_cmd  # noqa: E402,F401
 
-for _optional in ("attack_cmd", "eval_cmd"):
+for _optional in ("attack_cmd", "eval_cmd", "visualize_cmd"):
     # Commands added by later work; the group works without them.
     try:
         __import__(f"robust.cli.{_optional}")

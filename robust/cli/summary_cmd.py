@@ -34,7 +34,7 @@ def summary_command(model_ref, input_shape, classes, dataset, model_option, unsa
 
     Example: robust summary vgg16 --input-shape 224,224,3 --classes 1000
     """
-    from robust.summary import format_summary, summarize
+    from robust.summary import format_summary, summarize, summarize_architecture
 
     shape, n_classes = _shape_from_dataset(dataset, input_shape, classes)
     if _is_saved_model(model_ref):
@@ -56,8 +56,9 @@ def summary_command(model_ref, input_shape, classes, dataset, model_option, unsa
         if shape is None:
             raise RobustError(f"robust summary {model_ref} needs the image shape: --input-shape H,W,C "
                               "(with --classes N) or --dataset NAME, e.g. --input-shape 224,224,3 --classes 1000.")
-        model = build_model(model_ref, shape, n_classes or 10, **parse_model_options(model_option))
-        summary = summarize(model)
+        options = parse_model_options(model_option)
+        # Counting needs shapes only: no weights are allocated, so any input size can be summarised.
+        summary = summarize_architecture(lambda: build_model(model_ref, shape, n_classes or 10, **options))
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import numpy as np
+
 from robust.artifacts import all_or_nothing, pending, write_text
 from robust.report import figures
 from robust.report.findings import findings
@@ -27,6 +29,16 @@ def _escape_markdown(value):
             .replace("|", "\\|").replace("\n", " "))
 
 
+def _receptive_field_text(rf) -> str:
+    """A summary row's receptive field (a dict, missing in older results) in words."""
+    if not rf:
+        return "–"
+    if not rf.get("spatial", True):
+        return "whole image"
+    (h, w), (jh, jw) = rf["size"], rf["jump"]
+    return f"{h}x{w} px, step {jh}" if jh == jw else f"{h}x{w} px, step {jh}x{jw}"
+
+
 def _jinja(markdown: bool = False):
     """The HTML environment autoescapes; the Markdown one escapes every printed string for Markdown."""
     import jinja2
@@ -41,6 +53,7 @@ def _jinja(markdown: bool = False):
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
     env.filters["num"] = lambda v: f"{int(v):,}"
     env.filters["mb"] = lambda v: f"{float(v) / 2**20:.2f} MiB"
+    env.filters["rf"] = _receptive_field_text
     return env
 
 
@@ -78,7 +91,7 @@ def _draw(results: dict, arrays: dict, fig_dir: Path) -> dict:
     from robust.attacks import strongest as strongest_attack
 
     strongest = spec["attacks"][strongest_attack([a["name"] for a in spec["attacks"]])]
-    per_model = {}
+    per_model, learned = {}, {}
     for key, info in results["models"].items():
         a = arrays[key]
         per_model[key] = {
@@ -88,9 +101,23 @@ def _draw(results: dict, arrays: dict, fig_dir: Path) -> dict:
                                                fig_dir / f"fooling_{key}.png"),
             "saliency": figures.saliency_grid(a, class_names, fig_dir / f"saliency_{key}.png"),
             "filters": figures.filter_grid(a, info["kind"], fig_dir / f"filters_{key}.png"),
+            "learned": figures.learned_figures(a, key, fig_dir),
         }
+        learned[key] = _locality(a)
     return {"r": results, "curves": curves, "figs": per_model, "table": _results_table(results),
-            "findings": findings(results), "attack_keys": attack_keys}
+            "findings": findings(results, learned), "attack_keys": attack_keys, "learned": learned}
+
+
+def _locality(arrays) -> dict | None:
+    """The first layer's locality numbers saved by the study (None for runs made before they were)."""
+    if "learned_locality" not in arrays.files or arrays["learned_locality"].size == 0:
+        return None
+    fractions = np.asarray(arrays["learned_locality"], np.float64)
+    window = int(arrays["learned_locality_window"])
+    pixels = int(np.prod(arrays["example_x"].shape[1:3])) if "example_x" in arrays.files else None
+    return {"layer": str(arrays["learned_locality_layer"]), "window": window, "units": int(fractions.size),
+            "median": float(np.median(fractions)), "min": float(fractions.min()), "max": float(fractions.max()),
+            "even": (window * window / pixels) if pixels else None}
 
 
 def _results_table(results: dict) -> list[dict]:

@@ -139,3 +139,84 @@ def filter_grid(arrays, kind: str, path: Path) -> str | None:
     fig.suptitle("first conv layer filters" if kind == "conv" else "first dense layer weights (one unit each)",
                  fontsize=8)
     return _save(fig, path)
+
+
+def _for_display(img) -> np.ndarray:
+    """An image in [0, 1] with pixels outside the input (NaN: padding of a receptive field) shown light grey."""
+    img = np.asarray(img, np.float32)
+    return np.where(np.isnan(img), 0.85, img)
+
+
+def _stretch(img) -> np.ndarray:
+    """Contrast-stretch one image to [0, 1] (activation-maximisation images use a small part of the range)."""
+    img = np.asarray(img, np.float32)
+    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def unit_grid(layer: str, units, maximized, crops, top_values, path: Path, *, gains=None,
+              receptive_field: str = "") -> str:
+    """One row per unit: the image grown to excite it, then its top activating images cropped to its field.
+
+    Args:
+        layer: the layer's name (the title).
+        units: (U,) unit indices.
+        maximized: (U, h, w, C) activation-maximisation images in [0, 1] (contrast-stretched here; NaN
+            outside the image).
+        crops: (U, K, h, w, C) top crops in [0, 1], NaN outside the image; K may be 0.
+        top_values: (U, K) the unit's activation on each crop.
+        path: the PNG to write.
+        gains: (U,) final / starting activation of the maximisation, shown under each unit.
+        receptive_field: a description of the field, for the title.
+
+    Returns:
+        The PNG's file name.
+    """
+    plt = _plt()
+    u, k = len(units), (crops.shape[1] if crops is not None and crops.ndim == 5 else 0)
+    fig, axes = plt.subplots(u, 1 + k, figsize=(1.15 * (1 + k) + 0.6, 1.2 * u + 0.5), squeeze=False)
+    for r in range(u):
+        _show(axes[r, 0], _for_display(_stretch(maximized[r])))
+        label = f"unit {int(units[r])}"
+        if gains is not None:
+            label += f"\nx{float(gains[r]):.0f}" if abs(float(gains[r])) < 1e6 else "\n>1e6x"
+        axes[r, 0].set_ylabel(label, fontsize=7)
+        for c in range(k):
+            _show(axes[r, 1 + c], _for_display(crops[r, c]))
+            axes[r, 1 + c].set_title(f"{float(top_values[r, c]):.2g}", fontsize=6)
+    axes[0, 0].set_title("grown", fontsize=7)
+    title = f"{layer}: grown image" + (f", then the top {k} test images" if k else "")
+    fig.suptitle(title + (f" ({receptive_field})" if receptive_field else ""), fontsize=8)
+    return _save(fig, path)
+
+
+def rf_text(vector, image: tuple[int, int] | None = None) -> str:
+    """A receptive field given as :func:`robust.visualize.rf_vector`, in words (``image``: its H, W)."""
+    v = [int(a) for a in np.asarray(vector).ravel()]
+    if len(v) != 7 or v[0] < 0:
+        return "receptive field unknown"
+    if not v[6]:
+        return "each unit sees the whole image"
+    if image is not None and (v[0] >= image[0] and v[1] >= image[1]):
+        return f"receptive field {v[0]}x{v[1]} px, step {v[2]}: it covers the whole {image[0]}x{image[1]} image"
+    return f"cropped to the receptive field: {v[0]}x{v[1]} px, step {v[2]}"
+
+
+def learned_figures(arrays, key: str, fig_dir: Path) -> list[dict]:
+    """The report's "What the network learned" figures of one model: one :func:`unit_grid` per layer.
+
+    Returns a list of ``{"png", "layer", "receptive_field"}``; empty when the arrays have none (older runs).
+    """
+    if "learned_layers" not in arrays.files:
+        return []
+    out = []
+    for i, layer in enumerate(str(n) for n in arrays["learned_layers"]):
+        start, value = arrays[f"learned{i}_start"], arrays[f"learned{i}_value"]
+        gains = value / np.maximum(np.abs(start), 1e-12)
+        image = tuple(arrays["example_x"].shape[1:3]) if "example_x" in arrays.files else None
+        rf = rf_text(arrays[f"learned{i}_rf"], image)
+        png = unit_grid(layer, arrays[f"learned{i}_units"], arrays[f"learned{i}_max"], arrays[f"learned{i}_top"],
+                        arrays[f"learned{i}_top_value"], fig_dir / f"learned_{key}_{i}.png", gains=gains,
+                        receptive_field=rf)
+        out.append({"png": png, "layer": layer, "receptive_field": rf})
+    return out

@@ -20,8 +20,8 @@ def _eps50(rows: list[dict]) -> float | None:
     return None
 
 
-def findings(results: dict) -> list[str]:
-    """Plain sentences, each built from measured values in ``results``."""
+def findings(results: dict, learned: dict | None = None) -> list[str]:
+    """Plain sentences, each built from measured values in ``results`` and ``learned`` (:func:`locality_findings`)."""
     models = results["models"]
     out: list[str] = []
     failing = {k for k, m in models.items() if any(c["status"] == "fail" for c in m["checks"])}
@@ -101,4 +101,37 @@ def findings(results: dict) -> list[str]:
             out.append(f"Fooling images: {m['label']} labels pure noise-started images with at least "
                        f"{100 * results['spec']['fooling']['threshold']:g}% confidence for {len(reached)} of "
                        f"{len(m['fooling'])} targets" + (f", in a median of {med} gradient steps." if med else "."))
+    return out + locality_findings(models, learned or {})
+
+
+def locality_findings(models: dict, learned: dict) -> list[str]:
+    """How local each model's first-layer units are: the share of input-gradient mass in the best small window.
+
+    ``learned`` maps a model key to the numbers of :func:`robust.visualize.locality` for its first layer
+    (``layer``, ``window``, ``units``, ``median``, ``min``, ``max``, ``even``), or to None for runs without them.
+    """
+    known = {k: v for k, v in learned.items() if v and k in models}
+    if not known:
+        return []
+    parts = []
+    for k, v in known.items():
+        spread = f", range {_pct(v['min'])}-{_pct(v['max'])}" if _pct(v["min"]) != _pct(v["max"]) else ""
+        parts.append(f"{models[k]['label']} ({v['layer']}, {v['units']} units{spread}) a median "
+                     f"{_pct(v['median'])}")
+    first = next(iter(known.values()))
+    w = first["window"]
+    text = (f"First-layer locality: the share of a unit's input-gradient mass (its weights, for a first layer) "
+            f"inside its most active {w}x{w} window is " + "; ".join(parts) + ".")
+    if first.get("even"):
+        text += f" A unit spreading evenly over the image would keep {_pct(first['even'])}."
+    out = [text]
+    convs = [k for k in known if models[k]["kind"] == "conv"]
+    fcs = [k for k in known if models[k]["kind"] == "fc"]
+    if convs and fcs:
+        c, f = max(convs, key=lambda k: known[k]["median"]), max(fcs, key=lambda k: known[k]["median"])
+        ratio = known[c]["median"] / max(known[f]["median"], 1e-12)
+        out.append(f"{models[c]['label']}'s first-layer units are {ratio:.0f}x more concentrated than those of "
+                   f"{models[f]['label']} ({_pct(known[c]['median'])} against {_pct(known[f]['median'])} in one "
+                   f"{w}x{w} window): a convolution is local by construction, while a fully connected unit "
+                   "spreads its weights over the whole image and must learn any locality from data.")
     return out
