@@ -126,6 +126,9 @@ class Attack:
     """
 
     name: ClassVar[str] = ""
+    #: Whether the attack follows input gradients; a score-based attack (Square) sets False and is not
+    #: refused on models without a usable gradient.
+    needs_gradients: ClassVar[bool] = True
 
     def __init__(self, *, eps: float, norm: str | Norm = "inf", targeted: bool = False, seed: int = 0):
         self.eps = _check_number("eps", eps, minimum=0.0)
@@ -282,7 +285,8 @@ class Attack:
         y = check_labels(y, n, logits.num_classes)
         target = self._check_target(target, n, logits.num_classes)
         first = slice(*spans[0])
-        check_gradients(model, x[first], None if y is None else y[first], value_range=(low, high))
+        if self.needs_gradients:
+            check_gradients(model, x[first], None if y is None else y[first], value_range=(low, high))
         run = self._compiled(model, logits, image_shape, labels_given=y is not None)
 
         x_adv = np.empty_like(x)
