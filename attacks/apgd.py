@@ -23,7 +23,7 @@ from robust import backend
 from robust.attacks.base import Attack, _check_number
 from robust.attacks.norms import Norm
 from robust.errors import RobustError
-from robust.gradients import Logits, objective, success, targeted_dlr
+from robust.gradients import Logits, check_classes, objective, success, targeted_dlr
 
 #: Weight of the new step against the previous move (the paper's alpha); no momentum on the first step.
 MOMENTUM = 0.75
@@ -137,7 +137,8 @@ class APGD(Attack):
         restarts: runs from independent random starts (default 1); the worst case is kept.
         loss: ``"ce"`` (cross-entropy, APGD-CE) or ``"dlr"`` (Difference of Logits Ratio, APGD-DLR;
             needs at least 3 classes).
-        targeted: move towards the ``target`` class given at call time (minus the target's loss).
+        targeted: move towards the ``target`` class given at call time (minus the target's
+            cross-entropy; needs ``loss="ce"``).
         seed: seed of the random starts.
 
     Example:
@@ -155,10 +156,16 @@ class APGD(Attack):
         if loss not in APGD_LOSSES:
             raise RobustError(f"APGD's loss must be 'ce' (cross-entropy, APGD-CE) or 'dlr' (Difference of Logits "
                               f"Ratio, APGD-DLR); received {loss!r}.")
+        if targeted and loss == "dlr":
+            raise RobustError("APGD(targeted=True) needs loss='ce': the DLR loss moves away from the label and "
+                              "does not aim at a given target (APGD-T, --attack apgd-t, aims DLR at likely classes).")
         self.loss = loss
 
     def _config(self) -> tuple:
         return (self.steps, self.restarts, self.loss)
+
+    def check_model(self, image_shape, num_classes: int) -> None:
+        check_classes(self.loss, num_classes)
 
     def _step_size(self) -> float:
         return 2.0 * self.eps
@@ -281,8 +288,10 @@ class APGDT(APGD):
     def _config(self) -> tuple:
         return (self.steps, self.restarts, self.n_target_classes)
 
+    def check_model(self, image_shape, num_classes: int) -> None:
+        check_classes("targeted dlr", num_classes)
+
     def _runs(self, num_classes: int) -> int:
-        # Below 4 classes the targeted DLR loss refuses the model while the graph is traced.
         return self.restarts * min(self.n_target_classes, num_classes - 1)
 
     def _extra(self, clean, run):

@@ -259,13 +259,16 @@ class Square(Attack):
     def _starts_at_x(self) -> bool:
         return True  # the clean margin says which images are already broken
 
+    def check_model(self, image_shape, num_classes: int) -> None:
+        smallest = _MOVES[self.norm.name].smallest
+        if len(image_shape) != 3 or min(image_shape[:2]) < smallest:
+            raise RobustError(
+                f"Square attacks images shaped (height, width, channels) of at least {smallest} x "
+                f"{smallest} pixels for the {self.norm.label} norm; received images of shape "
+                f"{tuple(image_shape)}.")
+
     def _moves(self, image_shape):
         moves = _MOVES[self.norm.name]
-        if len(image_shape) != 3 or min(image_shape[:2]) < moves.smallest:
-            raise RobustError(
-                f"Square attacks images shaped (height, width, channels) of at least {moves.smallest} x "
-                f"{moves.smallest} pixels for the {self.norm.label} norm; received images of shape "
-                f"{tuple(image_shape)}.")
         height, width, channels = (int(d) for d in image_shape)
         fractions = [self.p_init / 2 ** k for k in range(len(_HALVINGS) + 1)]
         return moves(height, width, channels, fractions)

@@ -231,13 +231,18 @@ def margin(logits, labels):
     return other - own
 
 
-def _need_classes(logits, minimum: int, loss: str) -> None:
-    """Refuse (while tracing, before any work) logits with fewer classes than ``loss`` reads."""
-    classes = logits.shape[-1]
-    if classes is not None and int(classes) < minimum:
+#: The fewest classes each loss that reads the sorted logits needs.
+MIN_CLASSES = {"dlr": 3, "targeted dlr": 4}
+
+
+def check_classes(loss: str, num_classes: int | None) -> None:
+    """Refuse a model with fewer classes than ``loss`` reads (``"dlr"``, ``"targeted dlr"``; others need 2)."""
+    minimum = MIN_CLASSES.get(loss, 2)
+    if num_classes is not None and int(num_classes) < minimum:
         raise RobustError(
-            f"The {loss} loss compares the {minimum} largest logits, so it needs a model with at least {minimum} "
-            f"classes; received logits with {int(classes)} classes. Use the cross-entropy loss (loss='ce') instead."
+            f"The {loss.replace('dlr', 'DLR')} loss compares the {minimum} largest logits, so it needs a model with "
+            f"at least {minimum} classes; received logits with {int(num_classes)} classes. Use the cross-entropy "
+            f"loss (loss='ce') instead."
         )
 
 
@@ -250,7 +255,7 @@ def dlr(logits, labels):
     (``a * z + b``, ``a > 0``) and cannot be defeated by inflating them. Positive exactly when the
     example is misclassified. Needs at least 3 classes.
     """
-    _need_classes(logits, 3, "DLR")
+    check_classes("dlr", logits.shape[-1])
     top = ops.top_k(logits, 3, sorted=True)[0]
     return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -261,7 +266,7 @@ def targeted_dlr(logits, labels, targets):
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``; invariant to ``a * z + b`` (``a > 0``).
     Needs at least 4 classes.
     """
-    _need_classes(logits, 4, "targeted DLR")
+    check_classes("targeted dlr", logits.shape[-1])
     top = ops.top_k(logits, 4, sorted=True)[0]
     classes = ops.shape(logits)[-1]
     own = ops.sum(logits * ops.one_hot(labels, classes, dtype=logits.dtype), axis=-1)
