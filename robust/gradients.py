@@ -280,7 +280,8 @@ _LOSS_FNS = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 def check_loss(loss: str) -> str:
     if loss not in _LOSS_FNS:
         raise RobustError(f"Unknown loss {loss!r}. Known losses: {known_names(_LOSS_FNS)} "
-                          "(cross-entropy; the margin / C&W loss and the scale-invariant DLR loss resist a saturated softmax).")
+                          "(cross-entropy; the margin / C&W loss and the scale-invariant DLR loss resist a "
+                          "saturated softmax).")
     return loss
 
 
