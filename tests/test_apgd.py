@@ -85,7 +85,6 @@ def test_attacks_refuse_too_few_classes(batch):
     with pytest.raises(RobustError, match="targeted DLR loss .* at least 4 classes"):
         APGDT(eps=0.1, steps=2)(three, x, np.zeros(8, int))
     APGD(eps=0.1, loss="ce", steps=2)(two, x, np.zeros(8, int))  # cross-entropy has no such limit
-    APGD(eps=0.1, loss="dlr", steps=2)(three, x, np.zeros(8, int))
 
 
 # --------------------------------------------------------- step-size schedule
