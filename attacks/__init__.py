@@ -1,4 +1,4 @@
-"""Adversarial attacks on Keras classifiers: FGSM, PGD and fooling images.
+"""Adversarial attacks on Keras classifiers: FGSM, PGD, APGD, APGD-T, Square and fooling images.
 
 Attacks are small objects: hyper-parameters in the constructor, model and
 data at call time, numpy in and out::
@@ -19,18 +19,20 @@ import inspect
 import warnings
 from typing import Any
 
+from robust.attacks.apgd import APGD, APGDT
 from robust.attacks.base import Attack, AttackResult
 from robust.attacks.fgsm import FGSM
 from robust.attacks.fooling import FoolingImages, FoolingResult
 from robust.attacks.norms import L2Norm, LinfNorm, Norm, get_norm
 from robust.attacks.pgd import PGD
+from robust.attacks.square import Square
 from robust.errors import RobustError, known_names
 from robust.models.registry import entry_point_source
 
 ENTRY_POINT_GROUP = "robust.attacks"
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "FoolingImages", "FoolingResult", "Norm", "LinfNorm",
-           "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source", "strongest"]
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "FoolingImages", "FoolingResult",
+           "Norm", "LinfNorm", "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source", "strongest"]
 
 
 # Why each skipped plugin was skipped, filled in by _entries(), so asking for one by name explains itself.

@@ -275,6 +275,13 @@ class Attack:
                 f"the image entirely. Use eps in the units of the value range, e.g. 0.1 for images in [0, 1]."
             )
 
+    def check_model(self, image_shape: tuple[int, ...], num_classes: int) -> None:
+        """Refuse, before anything is compiled, a model this attack cannot run on (none by default).
+
+        Raises:
+            RobustError: e.g. too few classes for the attack's loss, or images of a shape it cannot handle.
+        """
+
     def _check_target(self, target, n: int, num_classes: int) -> np.ndarray | None:
         if not self.targeted:
             if target is not None:
@@ -363,6 +370,7 @@ class Attack:
         n = len(x)
         self.check_eps(x.shape[1:], (low, high))
         logits = model_logits(model, x)
+        self.check_model(image_shape, logits.num_classes)
         y = check_labels(y, n, logits.num_classes)
         target = self._check_target(target, n, logits.num_classes)
         indices, mask = _check_indices(indices, n), _check_mask(mask, n)

@@ -3,8 +3,8 @@
 A norm knows four things an attack needs and nothing else: the steepest
 ascent direction of a gradient under that norm (:meth:`Norm.normalize`), the
 projection back onto the ball (:meth:`Norm.project`), a random point in the
-ball (:meth:`Norm.random_start`) and the size of a perturbation
-(:meth:`Norm.distance`). FGSM, PGD and any future attack take a norm instead of
+ball (:meth:`Norm.random_start`) or on its surface (:meth:`Norm.random_surface`)
+and the size of a perturbation (:meth:`Norm.distance`). FGSM, PGD and any future attack take a norm instead of
 branching on ``norm == ...`` (the design of Foolbox 3's ``LPDistance``
 subclasses). Everything is written with ``keras.ops`` so it runs inside the
 compiled attack loop on any Keras backend.
@@ -52,9 +52,18 @@ class Norm:
         """A random perturbation shaped like the batch ``like``, inside the ball of radius ``eps``."""
         raise NotImplementedError
 
+    def random_surface(self, like, eps, rng: RandomSource):
+        """A random perturbation shaped like the batch ``like`` on the sphere of radius ``eps`` (APGD's start)."""
+        raise NotImplementedError
+
     def distance(self, delta):
         """The size of each perturbation in ``delta``: a vector of ``len(delta)`` norms."""
         raise NotImplementedError
+
+    def rescale(self, delta, radius):
+        """``delta`` scaled, per example, to size ``radius`` in this norm (a zero perturbation stays zero)."""
+        size = ops.reshape(self.distance(delta), (-1,) + (1,) * (len(delta.shape) - 1))
+        return delta * (radius / ops.maximum(size, _TINY))
 
     def largest(self, image_shape: tuple[int, ...], low: float, high: float) -> float:
         """The largest distance two images of ``image_shape`` in ``[low, high]`` can be apart."""
@@ -84,6 +93,10 @@ class LinfNorm(Norm):
 
     def random_start(self, like, eps, rng: RandomSource):
         return rng.uniform(ops.shape(like), -eps, eps)
+
+    def random_surface(self, like, eps, rng: RandomSource):
+        # As the APGD reference: uniform in the cube, then scaled so the largest pixel change is eps.
+        return self.rescale(rng.uniform(ops.shape(like), -1.0, 1.0), eps)
 
     def distance(self, delta):
         return ops.max(ops.abs(delta), axis=_flat_axes(delta))
@@ -117,6 +130,10 @@ class L2Norm(Norm):
         dims = math.prod(int(d) for d in like.shape[1:])
         radius = eps * ops.power(rng.uniform((shape[0],) + (1,) * (len(shape) - 1)), 1.0 / dims)
         return direction * radius
+
+    def random_surface(self, like, eps, rng: RandomSource):
+        # A Gaussian direction is uniform on the sphere.
+        return self.rescale(rng.normal(ops.shape(like)), eps)
 
     def distance(self, delta):
         return ops.sqrt(ops.sum(ops.square(delta), axis=_flat_axes(delta)))

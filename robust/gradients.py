@@ -27,7 +27,7 @@ from keras import ops
 from robust import backend
 from robust.errors import RobustError, known_names
 
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 
 
 # ---------------------------------------------------------------- input checks
@@ -284,13 +284,57 @@ def margin(logits, labels):
     return other - own
 
 
-_LOSS_FNS = {"ce": cross_entropy, "margin": margin}
+#: The fewest classes each loss that reads the sorted logits needs.
+MIN_CLASSES = {"dlr": 3, "targeted dlr": 4}
+
+
+def check_classes(loss: str, num_classes: int | None) -> None:
+    """Refuse a model with fewer classes than ``loss`` reads (``"dlr"``, ``"targeted dlr"``; others need 2)."""
+    minimum = MIN_CLASSES.get(loss, 2)
+    if num_classes is not None and int(num_classes) < minimum:
+        raise RobustError(
+            f"The {loss.replace('dlr', 'DLR')} loss compares the {minimum} largest logits, so it needs a model with "
+            f"at least {minimum} classes; received logits with {int(num_classes)} classes. Use the cross-entropy "
+            f"loss (loss='ce') instead."
+        )
+
+
+def dlr(logits, labels):
+    """Per-example Difference of Logits Ratio loss (Croce & Hein 2020, "Reliable evaluation of adversarial
+    robustness with an ensemble of diverse parameter-free attacks", ICML 2020).
+
+    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``, with ``z_pi1 >= z_pi2 >= ...`` the sorted logits: the
+    margin divided by a spread of the logits, so it is unchanged when the logits are scaled or shifted
+    (``a * z + b``, ``a > 0``) and cannot be defeated by inflating them. Positive exactly when the
+    example is misclassified. Needs at least 3 classes.
+    """
+    check_classes("dlr", logits.shape[-1])
+    top = ops.top_k(logits, 3, sorted=True)[0]
+    return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits, labels, targets):
+    """Per-example targeted DLR loss (Croce & Hein 2020), ascended to move ``labels`` towards ``targets``.
+
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``; invariant to ``a * z + b`` (``a > 0``).
+    Needs at least 4 classes.
+    """
+    check_classes("targeted dlr", logits.shape[-1])
+    top = ops.top_k(logits, 4, sorted=True)[0]
+    classes = ops.shape(logits)[-1]
+    own = ops.sum(logits * ops.one_hot(labels, classes, dtype=logits.dtype), axis=-1)
+    aim = ops.sum(logits * ops.one_hot(targets, classes, dtype=logits.dtype), axis=-1)
+    return (aim - own) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+_LOSS_FNS = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
 def check_loss(loss: str) -> str:
     if loss not in _LOSS_FNS:
         raise RobustError(f"Unknown loss {loss!r}. Known losses: {known_names(_LOSS_FNS)} "
-                          "(cross-entropy, and the margin / C&W loss that resists a saturated softmax).")
+                          "(cross-entropy; the margin / C&W loss and the scale-invariant DLR loss resist a "
+                          "saturated softmax).")
     return loss
 
 

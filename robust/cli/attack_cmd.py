@@ -104,15 +104,17 @@ def _versions() -> dict:
 @main.command("attack")
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--attack", "attack_name", default="pgd", show_default=True, metavar="NAME",
-              help="A registered attack: fgsm, pgd, or a plugin (see `robust attacks`).")
+              help="A registered attack: fgsm, pgd, apgd, apgd-t, square, or a plugin (see `robust attacks`).")
 @click.option("--eps", type=FloatList(), default="0.05,0.1,0.3", show_default=True,
               help="Comma-separated radii of the norm ball, in the units of the value range.")
 @click.option("--norm", default="inf", show_default=True, metavar="inf|2", help="Threat model: L-inf or L2.")
-@click.option("--steps", type=int, default=None, help="PGD: gradient steps  [default: 40]")
+@click.option("--steps", type=int, default=None, help="PGD, APGD: gradient steps  [default: 40; APGD 100]")
+@click.option("--queries", type=int, default=None, help="Square: model queries per image  [default: 5000]")
 @click.option("--step-size", type=float, default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
 @click.option("--restarts", type=int, default=None, help="PGD: random restarts; the worst case is kept  [default: 1]")
 @click.option("--random-start/--no-random-start", default=None, help="PGD: start at a random point of the ball.")
-@click.option("--loss", default=None, metavar="ce|margin", help="Loss to ascend: cross-entropy or margin (C&W).")
+@click.option("--loss", default=None, metavar="ce|margin|dlr",
+              help="Loss to ascend: cross-entropy, margin (C&W; PGD) or DLR (APGD).")
 @click.option("--targeted", is_flag=True, help="Attack towards --target instead of away from the label.")
 @click.option("--target", default=None, metavar="C", help="Target class (index or name); implies --targeted.")
 @data_options
@@ -125,7 +127,7 @@ def _versions() -> dict:
               help="Pixel range LO,HI the model expects, when neither its card nor a leading Rescaling layer says.")
 @click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts, random_start, loss, targeted,
+def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size, restarts, random_start, loss, targeted,
                    target, dataset, data_path, limit, seed, batch_size, out, save_examples, value_range_opt,
                    unsafe, no_progress) -> None:
     """Attack MODEL on the test split of its data and print accuracy under attack per eps.
@@ -143,7 +145,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, step_size, restarts
     from robust.models import check_model_input
 
     # Everything the user typed is checked before the model and data load.
-    params = {k: v for k, v in dict(norm=norm, steps=steps, step_size=step_size, restarts=restarts,
+    params = {k: v for k, v in dict(norm=norm, steps=steps, queries=queries, step_size=step_size, restarts=restarts,
                                     random_start=random_start, loss=loss).items() if v is not None}
     if target is not None:
         targeted = True
