@@ -370,7 +370,7 @@ class Attack:
         n = len(x)
         self.check_eps(x.shape[1:], (low, high))
         logits = model_logits(model, x)
-        self.check_model(image_shape, logits.num_classes)
+        self.check_model(x.shape[1:], logits.num_classes)
         y = check_labels(y, n, logits.num_classes)
         target = self._check_target(target, n, logits.num_classes)
         indices, mask = _check_indices(indices, n), _check_mask(mask, n)

@@ -171,6 +171,7 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     from robust.attacks import get_attack
     from robust.checks import gradient_checks
     from robust.gradients import saliency_map
+    from robust.report import figures
 
     x, y, model, (lo, hi) = _test_images(cell)
     params = dict(cell.strongest_params)
@@ -179,21 +180,14 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     k, s = min(cell.examples, len(x)), min(cell.saliency, len(x))
     ex = get_attack(cell.strongest, eps=float(cell.example_eps), seed=cell.seed, **params)(
         model, x[:k], y[:k], value_range=(lo, hi), indices=np.asarray(cell.indices[:k]))
-    clean_prob = _probabilities(model, x[:k], outputs=load_ref(cell.model).outputs)
-
-    def unit(a):
-        return (np.asarray(a, np.float32) - lo) / (hi - lo)
-
     arrays = {
-        "example_x": unit(x[:k]), "example_y": y[:k], "example_adv": unit(ex.x_adv),
-        "example_clean_pred": clean_prob.argmax(1), "example_clean_conf": clean_prob.max(1),
-        "example_adv_pred": ex.adv_pred, "example_adv_conf": ex.adv_confidence,
-        "saliency_x": unit(x[:s]), "saliency_y": y[:s],
+        **figures.example_arrays(x[:k], ex, (lo, hi), k, successes_first=False),
+        "saliency_x": (x[:s] - lo) / (hi - lo), "saliency_y": y[:s],
         "saliency": saliency_map(model, x[:s], y[:s], value_range=(lo, hi)),
         "filters": first_layer_filters(model, x.shape[1:]),
     }
     if cell.fooling is not None:
-        arrays.update(_fooling_arrays(model, dict(cell.fooling), (lo, hi), cell.seed, unit))
+        arrays.update(figures.fooling_arrays(_fooling(model, dict(cell.fooling), (lo, hi), cell.seed), (lo, hi)))
     from robust.visualize import report_arrays
 
     # "What the network learned": a few layers, a few units each.
@@ -201,7 +195,7 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     return checks, arrays
 
 
-def _fooling_arrays(model, f: dict, value_range, seed: int, unit) -> dict[str, np.ndarray]:
+def _fooling(model, f: dict, value_range, seed: int):
     from robust.attacks import FoolingImages
 
     fool = FoolingImages(threshold=float(f["threshold"]), max_steps=int(f["max_steps"]),
@@ -209,19 +203,7 @@ def _fooling_arrays(model, f: dict, value_range, seed: int, unit) -> dict[str, n
                          l2_decay=float(f["l2_decay"]), blur_every=int(f["blur_every"]),
                          jitter=int(f["jitter"]), seed=seed)
     classes = None if f["classes"] == "all" else list(f["classes"])
-    fr = fool(model, classes=classes, seeds=int(f["seeds"]), value_range=value_range)
-    return {"fooling_images": unit(fr.images), "fooling_target": fr.target, "fooling_confidence": fr.confidence,
-            "fooling_steps": fr.steps, "fooling_reached": fr.reached}
-
-
-def _probabilities(model, x: np.ndarray, *, outputs: str = "logits") -> np.ndarray:
-    """Class probabilities of a model that outputs logits (softmax applied) or probabilities (used as they are)."""
-    z = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float64)
-    if outputs == "probabilities":
-        return z
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return fool(model, classes=classes, seeds=int(f["seeds"]), value_range=value_range)
 
 
 def first_layer_filters(model, input_shape) -> np.ndarray:

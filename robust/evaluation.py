@@ -1,19 +1,17 @@
-"""Robustness numbers of a model under an attack, one row per eps, and figures of the examples.
+"""Robustness numbers of a model under an attack, one row per eps.
 
 :func:`evaluate_attack` is what ``robust attack`` prints and what studies
-call, so the command line and reports always agree. The figure functions
-return PNG bytes; writing them is the caller's business.
+call, so the command line and reports always agree. Figures of the examples
+are drawn by :mod:`robust.report.figures`, the one figure module.
 """
 
 from __future__ import annotations
 
-import io
-import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from robust.attacks import AttackResult, FoolingResult, get_attack
+from robust.attacks import AttackResult, get_attack
 from robust.errors import RobustError
 from robust.gradients import check_images, check_value_range
 
@@ -111,87 +109,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      f"{success:>8}  {r['mean_perturbation']:>9.4f}  {r['max_perturbation']:>9.4f}  "
                      f"{r['seconds']:>8.2f}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------- figures
-
-def _figure(rows: int, cols: int, size: float = 1.5):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig, axes
-
-
-def _show(ax, image: np.ndarray, value_range: tuple[float, float]):
-    low, high = value_range
-    img = (np.asarray(image, np.float32) - low) / (high - low)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(np.clip(img, 0, 1))
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _name(class_names: Sequence[str] | None, index: int) -> str:
-    return str(class_names[index]) if class_names is not None and 0 <= index < len(class_names) else str(index)
-
-
-def examples_png(x: np.ndarray, result: AttackResult, *, class_names: Sequence[str] | None = None,
-                 value_range: Sequence[float] = (0.0, 1.0), count: int = 8) -> bytes:
-    """A grid of clean / perturbation / adversarial images with predicted labels and confidences.
-
-    Successful examples are shown first. Returns PNG bytes.
-    """
-    low, high = check_value_range(value_range)
-    order = np.concatenate([np.flatnonzero(result.success), np.flatnonzero(~result.success)])[:count]
-    fig, axes = _figure(3, max(1, len(order)))
-    for col, i in enumerate(order):
-        delta = result.x_adv[i] - x[i]
-        _show(axes[0, col], x[i], (low, high))
-        axes[0, col].set_title(f"{_name(class_names, result.clean_pred[i])} "
-                               f"{100 * result.clean_confidence[i]:.0f}%", fontsize=8)
-        span = float(np.abs(delta).max()) or 1.0
-        axes[1, col].imshow(delta.mean(axis=-1) if delta.ndim == 3 else delta, cmap="RdBu", vmin=-span, vmax=span)
-        axes[1, col].set_title(f"|d|={result.perturbation[i]:.3g}", fontsize=8)
-        _show(axes[2, col], result.x_adv[i], (low, high))
-        axes[2, col].set_title(f"{_name(class_names, result.adv_pred[i])} "
-                               f"{100 * result.adv_confidence[i]:.0f}%", fontsize=8,
-                               color="red" if result.success[i] else "black")
-    for row, label in enumerate(("clean", "perturbation", "adversarial")):
-        axes[row, 0].set_ylabel(label, fontsize=8)
-    norm = {"inf": "L-inf", "2": "L2"}.get(result.norm, result.norm)
-    fig.suptitle(f"{result.attack.upper()} {norm} eps={result.eps:g}", fontsize=10)
-    return _png(fig)
-
-
-def fooling_png(result: FoolingResult, class_index: int, *, class_names: Sequence[str] | None = None,
-                value_range: Sequence[float] = (0.0, 1.0)) -> bytes:
-    """The fooling images grown for one class, titled with the model's confidence. Returns PNG bytes."""
-    low, high = check_value_range(value_range)
-    picks = np.flatnonzero(result.target == class_index)
-    if len(picks) == 0:
-        raise RobustError(f"No fooling images for class {class_index} in this result.")
-    cols = min(len(picks), 8)
-    fig, axes = _figure(math.ceil(len(picks) / cols), cols)
-    for ax in axes.flat[len(picks):]:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, picks):
-        _show(ax, result.images[i], (low, high))
-        ax.set_title(f"{100 * result.confidence[i]:.1f}% ({result.steps[i]} steps)", fontsize=7,
-                     color="black" if result.reached[i] else "red")
-    fig.suptitle(f"fooling images for {_name(class_names, class_index)!r}", fontsize=10)
-    return _png(fig)

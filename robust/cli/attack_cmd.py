@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import click
+import numpy as np
 
 from robust.cli import main
 from robust.cli.common import FloatList, ValueRange, data_options, echo_err, seed_option
@@ -140,7 +141,8 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     """
     from robust.attacks import get_attack
     from robust.data import load_dataset
-    from robust.evaluation import evaluate_attack, examples_png, format_table
+    from robust.evaluation import evaluate_attack, format_table
+    from robust.report import figures
     from robust.data import scale_to
     from robust.models import check_model_input
 
@@ -179,10 +181,9 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     examples: list[Path] = []
 
     def save(result):
-        from robust.artifacts import write_bytes
-
         path = out_path.with_name(f"{out_path.stem}-eps{result.eps:g}.png")
-        write_bytes(path, examples_png(x_model, result, class_names=class_names, value_range=value_range))
+        figures.examples_grid(figures.example_arrays(x_model, result, value_range), class_names, result.eps,
+                              attack_name.upper(), path)
         examples.append(path)
 
     model_name = card.get("model", model.name)
@@ -249,9 +250,9 @@ def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_
 
     Example: robust fool runs/lenet5 --classes 3,7 --seeds 4
     """
-    from robust.artifacts import check_writable, write_bytes, write_json
+    from robust.artifacts import check_writable, write_json
     from robust.attacks import FoolingImages
-    from robust.evaluation import fooling_png
+    from robust.report import figures
 
     attack = FoolingImages(threshold=threshold, max_steps=max_steps, step_size=step_size, l2_decay=l2_decay,
                            blur_every=blur_every, jitter=jitter, seed=seed)
@@ -277,7 +278,8 @@ def fool_command(model_ref, classes, seeds, threshold, max_steps, step_size, l2_
         click.echo(f"{name:<14} {int(result.reached[pick].sum()):>4}/{int(pick.sum()):<3} "
                    f"{100 * result.confidence[pick].min():>8.2f}% {result.steps[pick].mean():>11.1f}")
         path = out / f"fool-{c}.png"
-        write_bytes(path, fooling_png(result, c, class_names=class_names, value_range=value_range))
+        figures.fooling_gallery(figures.fooling_arrays(result, value_range, np.flatnonzero(pick)), class_names,
+                                threshold, path)
         written.append(path)
     write_json(out / "fooling.json", {
         "command": "fool", "model": str(model_ref), "params": attack.params, "value_range": list(value_range),

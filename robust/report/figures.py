@@ -35,6 +35,32 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def example_arrays(x: np.ndarray, result, value_range, count: int = 8, *, successes_first: bool = True) -> dict:
+    """The arrays :func:`examples_grid` draws, from an :class:`~robust.attacks.AttackResult` on images ``x``.
+
+    Images are mapped from ``value_range`` to [0, 1]; with ``successes_first`` the
+    images the attack fooled come first, else the first ``count`` in order.
+    """
+    lo, hi = (float(v) for v in value_range)
+    if successes_first:
+        order = np.concatenate([np.flatnonzero(result.success), np.flatnonzero(~result.success)])[:count]
+    else:
+        order = np.arange(min(count, len(x)))
+    return {"example_x": (np.asarray(x[order], np.float32) - lo) / (hi - lo), "example_y": result.labels[order],
+            "example_adv": (result.x_adv[order] - lo) / (hi - lo), "example_clean_pred": result.clean_pred[order],
+            "example_clean_conf": result.clean_confidence[order], "example_adv_pred": result.adv_pred[order],
+            "example_adv_conf": result.adv_confidence[order]}
+
+
+def fooling_arrays(result, value_range, pick: np.ndarray | None = None) -> dict:
+    """The arrays :func:`fooling_gallery` draws, from a :class:`~robust.attacks.FoolingResult` (``pick``: a subset)."""
+    lo, hi = (float(v) for v in value_range)
+    pick = np.arange(len(result.target)) if pick is None else pick
+    return {"fooling_images": (result.images[pick] - lo) / (hi - lo), "fooling_target": result.target[pick],
+            "fooling_confidence": result.confidence[pick], "fooling_steps": result.steps[pick],
+            "fooling_reached": result.reached[pick]}
+
+
 def accuracy_curves(results: dict, attack_key: str, path: Path) -> str:
     """Adversarial accuracy vs eps for every model under one attack; ConvNets solid, FC dashed."""
     plt = _plt()
@@ -81,7 +107,7 @@ def examples_grid(arrays, class_names, eps: float, attack: str, path: Path) -> s
 
 
 def fooling_gallery(arrays, class_names, threshold: float, path: Path) -> str | None:
-    if "fooling_images" not in arrays.files or len(arrays["fooling_images"]) == 0:
+    if "fooling_images" not in arrays or len(arrays["fooling_images"]) == 0:
         return None
     plt = _plt()
     imgs = arrays["fooling_images"]

@@ -30,7 +30,15 @@ def findings(results: dict, learned: dict | None = None) -> list[str]:
         out.append(f"{models[k]['label']} fails the sanity check(s) {'; '.join(bad)}. Its accuracy under attack "
                    "measures the attack's failure, not robustness (the signature of gradient masking); "
                    "it is left out of the robustness comparisons below.")
+    out += _capacity_findings(models)
+    out += _attack_findings(results, models, failing)
+    out += _fooling_findings(results, models)
+    return out + locality_findings(models, learned or {})
 
+
+def _capacity_findings(models: dict) -> list[str]:
+    """Clean accuracy against parameter count, and ConvNet against fully connected at equal capacity."""
+    out: list[str] = []
     by_acc = sorted(models.items(), key=lambda kv: -kv[1]["test_accuracy"])
     best_k, best = by_acc[0]
     others = ", ".join(f"{m['label']} {_pct(m['test_accuracy'])} ({m['params']:,} parameters)"
@@ -63,7 +71,12 @@ def findings(results: dict, learned: dict | None = None) -> list[str]:
                 out.append(f"Per image, {c['label']} computes {conv_act:,} activations against {fc_act:,} for "
                            f"{f['label']}: convolution reuses each weight at every position "
                            f"({c['params']:,} weights for {conv_act:,} activations).")
+    return out
 
+
+def _attack_findings(results: dict, models: dict, failing: set) -> list[str]:
+    """Accuracy under each attack at a small and a middle eps, and the eps that halves clean accuracy."""
+    out: list[str] = []
     attacks = list(dict.fromkeys(r["attack_key"] for r in results["records"]))
     for a in attacks:
         rows = {k: [r for r in results["records"] if r["model"] == k and r["attack_key"] == a] for k in models}
@@ -92,7 +105,12 @@ def findings(results: dict, learned: dict | None = None) -> list[str]:
                        + ("" if len(known) == len(halves) else " (Some models keep over half their accuracy "
                           "at every eps tried: " + ", ".join(models[k]['label'] for k in halves
                                                              if halves[k] is None) + ".)"))
+    return out
 
+
+def _fooling_findings(results: dict, models: dict) -> list[str]:
+    """How many fooling-image targets each model reached, and how fast."""
+    out: list[str] = []
     for k, m in models.items():
         if m["fooling"]:
             reached = [f for f in m["fooling"] if f["reached"]]
@@ -101,8 +119,7 @@ def findings(results: dict, learned: dict | None = None) -> list[str]:
             out.append(f"Fooling images: {m['label']} labels pure noise-started images with at least "
                        f"{100 * results['spec']['fooling']['threshold']:g}% confidence for {len(reached)} of "
                        f"{len(m['fooling'])} targets" + (f", in a median of {med} gradient steps." if med else "."))
-    return out + locality_findings(models, learned or {})
-
+    return out
 
 def locality_findings(models: dict, learned: dict) -> list[str]:
     """How local each model's first-layer units are: the share of input-gradient mass in the best small window.
