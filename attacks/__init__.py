@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 from robust.attacks.apgd import APGD, APGDT
+from robust.attacks.auto import AutoAttack
 from robust.attacks.base import Attack, AttackResult
 from robust.attacks.fgsm import FGSM
 from robust.attacks.fooling import FoolingImages, FoolingResult
@@ -31,7 +32,7 @@ from robust.models.registry import entry_point_source
 
 ENTRY_POINT_GROUP = "robust.attacks"
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "FoolingImages", "FoolingResult",
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "AutoAttack", "FoolingImages", "FoolingResult",
            "Norm", "LinfNorm", "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source", "strongest"]
 
 

@@ -64,6 +64,7 @@ class AttackResult:
         indices: each image's global index (its random key is ``(seed, index)``).
         attacked: which images the attack ran on (the mask it was given); others are unchanged.
         source: per image, which result of a :meth:`worst_of` merge it came from (0 otherwise).
+        details: what an attack reports beyond the images (an ensemble: points broken by each part).
     """
 
     x_adv: np.ndarray
@@ -85,6 +86,7 @@ class AttackResult:
     indices: np.ndarray | None = None
     attacked: np.ndarray | None = None
     source: np.ndarray | None = None
+    details: dict | None = None
 
     def __post_init__(self):
         n = len(self.labels)
@@ -374,6 +376,8 @@ class Attack:
         y = check_labels(y, n, logits.num_classes)
         target = self._check_target(target, n, logits.num_classes)
         indices, mask = _check_indices(indices, n), _check_mask(mask, n)
+        if self.eps == 0:  # the ball is {x}: nothing to search, only the predictions to make
+            mask[:] = False
         if self.needs_gradients and mask.any():
             first = np.flatnonzero(mask)[:64]
             check_gradients(model, x[first], None if y is None else y[first], value_range=(low, high))
@@ -382,18 +386,18 @@ class Attack:
             todo = np.flatnonzero(standing)
             if len(todo) == 0:
                 break
-            out = self._run(model, logits, x, y, target, indices[todo], todo, restart, (low, high), batch_size,
+            out = self._drive(model, logits, x, y, target, indices[todo], todo, restart, (low, high), batch_size,
                             progress)
-            found = self._assemble(model, logits, x, y, target, indices, batch_size, todo, out, result)
+            found = self._assemble_result(model, logits, x, y, target, indices, batch_size, todo, out, result)
             result = found if result is None else result.worst_of(found)
             standing &= ~result.success
         if result is None:  # nothing to attack
-            result = self._assemble(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [])
+            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [])
         result.seconds = time.perf_counter() - started
         result.source = np.zeros(n, np.int64)
         return result
 
-    def _run(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
+    def _drive(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
         """The kernel's outputs over the images ``todo`` (random keys from ``keys_from``)."""
         low, high = value_range
         kernel = self._kernel(model, logits, x.shape[1:], labels_given=y is not None)
@@ -405,7 +409,7 @@ class Attack:
         return run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
                            batch_size=batch_size, progress=progress, desc=type(self).__name__)
 
-    def _assemble(self, model, logits, x, y, target, indices, batch_size, todo, out, previous):
+    def _assemble_result(self, model, logits, x, y, target, indices, batch_size, todo, out, previous):
         """A result over all images: the kernel's outputs on ``todo``, every other image unchanged.
 
         The clean predictions of the other images come from ``previous`` (an earlier run over the

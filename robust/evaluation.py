@@ -44,6 +44,7 @@ def summarize(result: AttackResult) -> dict[str, Any]:
         "attack": result.attack,
         "params": dict(result.params),
         "labels_from": result.labels_from,
+        **({"details": result.details} if result.details else {}),
     }
 
 
@@ -52,9 +53,14 @@ def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None
                     target: int | np.ndarray | None = None, indices: np.ndarray | None = None,
                     progress: bool = False, on_result: Callable[[AttackResult], None] | None = None,
                     **attack_params: Any) -> list[dict[str, Any]]:
-    """Attack ``x`` once per eps and report accuracy, success and perturbation size.
+    """Attack ``x`` at every eps, in ascending order, and report accuracy, success and perturbation size.
 
-    Every eps is validated before the first attack runs.
+    Every eps is validated before the first attack runs. The eps run as a
+    sweep: an adversarial example found at a smaller eps lies inside every
+    larger ball, so each eps attacks only the points still standing and keeps
+    the examples already found. Accuracy therefore never rises with eps, and
+    ``1 - adversarial_accuracy(eps)`` is the share of images whose smallest
+    breaking eps (their robustness radius on this grid) is at most ``eps``.
 
     Args:
         model: a Keras classifier.
@@ -87,13 +93,19 @@ def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None
     attacks = [get_attack(attack_name, eps=eps, seed=seed, **attack_params) for eps in eps_list]
     for attack in attacks:
         attack.check_eps(x.shape[1:], (low, high))
-    rows = []
-    for attack in attacks:
-        result = attack(model, x, y, value_range=(low, high), batch_size=batch_size, target=target,
-                        indices=indices, progress=progress)
-        rows.append(summarize(result))
+    rows: list[dict[str, Any] | None] = [None] * len(attacks)
+    previous = None
+    for i in sorted(range(len(attacks)), key=lambda j: attacks[j].eps):
+        result = attacks[i](model, x, y, value_range=(low, high), batch_size=batch_size, target=target,
+                            indices=indices, mask=None if previous is None else ~previous.success, progress=progress)
+        if previous is not None:
+            seconds = result.seconds
+            result = result.worst_of(previous)
+            result.seconds = seconds
+        rows[i] = summarize(result)
         if on_result is not None:
             on_result(result)
+        previous = result
     return rows
 
 

@@ -9,7 +9,15 @@ import click
 import numpy as np
 
 from robust.cli import main
-from robust.cli.common import FloatList, ValueRange, data_options, echo_err, seed_option
+from robust.cli.common import (
+    FloatList,
+    ValueRange,
+    data_options,
+    echo_err,
+    enforce_fail_under,
+    fail_under_option,
+    seed_option,
+)
 from robust.errors import RobustError, known_names
 
 
@@ -105,7 +113,8 @@ def _versions() -> dict:
 @main.command("attack")
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--attack", "attack_name", default="pgd", show_default=True, metavar="NAME",
-              help="A registered attack: fgsm, pgd, apgd, apgd-t, square, or a plugin (see `robust attacks`).")
+              help="A registered attack: fgsm, pgd, apgd, apgd-t, square, auto (the ensemble), or a plugin "
+                   "(see `robust attacks`).")
 @click.option("--eps", type=FloatList(), default="0.05,0.1,0.3", show_default=True,
               help="Comma-separated radii of the norm ball, in the units of the value range.")
 @click.option("--norm", default="inf", show_default=True, metavar="inf|2", help="Threat model: L-inf or L2.")
@@ -128,9 +137,10 @@ def _versions() -> dict:
               help="Pixel range LO,HI the model expects, when neither its card nor a leading Rescaling layer says.")
 @click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@fail_under_option
 def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size, restarts, random_start, loss, targeted,
                    target, dataset, data_path, limit, seed, batch_size, out, save_examples, value_range_opt,
-                   unsafe, no_progress) -> None:
+                   unsafe, no_progress, fail_under) -> None:
     """Attack MODEL on the test split of its data and print accuracy under attack per eps.
 
     MODEL is a folder written by `robust train` (which remembers its data) or
@@ -142,9 +152,9 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     from robust.attacks import get_attack
     from robust.data import load_dataset
     from robust.evaluation import evaluate_attack, format_table
-    from robust.report import figures
     from robust.data import scale_to
     from robust.models import check_model_input
+    from robust.report import figures
 
     # Everything the user typed is checked before the model and data load.
     params = {k: v for k, v in dict(norm=norm, steps=steps, queries=queries, step_size=step_size, restarts=restarts,
@@ -202,6 +212,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
         "labels_from": rows[0]["labels_from"], "rows": rows, "versions": _versions(),
     })
     click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in examples))
+    enforce_fail_under(rows, fail_under)
 
 
 @main.command("attacks")

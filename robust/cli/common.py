@@ -225,3 +225,26 @@ def check_fits(loaded, dataset: str) -> None:
     if loaded.num_classes != len(info.class_names):
         raise RobustError(f"{loaded.name!r} has {loaded.num_classes} outputs but {dataset} has "
                           f"{len(info.class_names)} classes. Evaluate it on the dataset it was trained on.")
+
+
+def fail_under_option(func):
+    """``--fail-under X``: the CI gate shared by robust attack and robust eval."""
+    return click.option("--fail-under", "fail_under", type=click.FloatRange(0.0, 1.0), default=None, metavar="X",
+                        help="Exit with status 1 when robust accuracy (the lowest accuracy under attack at any "
+                             "eps > 0) is below X, e.g. 0.80; a gate for CI pipelines.")(func)
+
+
+def enforce_fail_under(rows: list[dict], threshold: float | None) -> None:
+    """Exit 1 with a one-line reason when the worst accuracy under attack at eps > 0 is below ``threshold``."""
+    if threshold is None:
+        return
+    attacked = [r for r in rows if r["eps"] > 0] or rows
+    worst = min(attacked, key=lambda r: r["adversarial_accuracy"])
+    acc = worst["adversarial_accuracy"]
+    where = f"{worst.get('attack_key') or worst['attack']}, eps={worst['eps']:g}"
+    if acc < threshold:
+        click.echo(f"FAIL: robust accuracy {100 * acc:.1f}% ({where}, {worst['n']} images) is below "
+                   f"--fail-under {100 * threshold:g}%.", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"PASS: robust accuracy {100 * acc:.1f}% ({where}) is at least --fail-under {100 * threshold:g}%.",
+               err=True)

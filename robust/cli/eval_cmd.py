@@ -16,7 +16,14 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import FloatList, check_fits, check_resume, data_options
+from robust.cli.common import (
+    FloatList,
+    check_fits,
+    check_resume,
+    data_options,
+    enforce_fail_under,
+    fail_under_option,
+)
 from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
 from robust.errors import RobustError
 
@@ -45,8 +52,9 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation in --out, keeping finished work.")
 @click.option("--force", is_flag=True, help="Start over in a folder that already holds a run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@fail_under_option
 def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps, value_range, unsafe, no_fooling,
-                 out_dir, resume, force, no_progress) -> None:
+                 out_dir, resume, force, no_progress, fail_under) -> None:
     """Attack and report on a ready model: a .keras file, a `robust train` folder,
     module.path:factory, or a model registered by a plugin.
 
@@ -96,7 +104,8 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
         check_writable(out, what="the run folder")
     click.echo(f"Evaluating {loaded.name} on {dataset} -> {out}")
     with reuse(loaded):  # the study loads the model by reference: reuse this one instead of loading it twice
-        Study(spec, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+        results = Study(spec, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+    enforce_fail_under(results["records"], fail_under)
 
 
 def _attack_names(text: str, steps: int | None) -> list[str]:
