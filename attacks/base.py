@@ -392,7 +392,8 @@ class Attack:
             result = found if result is None else result.worst_of(found)
             standing &= ~result.success
         if result is None:  # nothing to attack
-            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [])
+            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [],
+                                           None)
         result.seconds = time.perf_counter() - started
         result.source = np.zeros(n, np.int64)
         return result

@@ -160,7 +160,7 @@ ATTACK = [
     row("attack {model} --eps 0.1,", "expected comma-separated numbers", "item 2 of 2 is empty"),
     row("attack {model} --eps abc", "expected comma-separated numbers", "'abc' is not a number"),
     row("attack {model} --eps nan", "expected finite numbers", "received 'nan'"),
-    row("attack {model} --attack deepfool", "Unknown attack 'deepfool'", "Known attacks: 'fgsm', 'pgd'"),
+    row("attack {model} --attack deepfool", "Unknown attack 'deepfool'", "Known attacks: 'apgd', 'apgd-t', 'auto', 'fgsm', 'pgd'"),
     row("attack {model} --norm 3", "Unknown norm '3'"),
     row("attack {model} --steps 0", "steps must be at least 1", "0"),
     row("attack {model} --loss hinge", "Unknown loss 'hinge'"),
@@ -306,7 +306,7 @@ REPORT = [
 
 EVAL = [
     row("eval {model} --resume --force", "--resume and --force contradict each other"),
-    row("eval {model} --attacks fgsm,cw", "Unknown attack 'cw'", "Known attacks: 'fgsm', 'pgd'"),
+    row("eval {model} --attacks fgsm,cw", "Unknown attack 'cw'", "Known attacks: 'apgd', 'apgd-t', 'auto', 'fgsm', 'pgd'"),
     row("eval {model} --attacks ,", "expects registered attacks separated by single commas", "received ','"),
     row("eval {model} --attacks fgsm,fgsm", "names an attack twice", "received 'fgsm,fgsm'"),
     row("eval {model} --attacks fgsm --steps 5", "--steps applies to attacks that iterate", "none of fgsm"),

@@ -83,7 +83,7 @@ def test_perturbation_inside_ball_and_value_range(trained_lenet, batch, norm, ep
 
 def _start(norm, eps, x):
     moves = Square(eps=eps, norm=norm)._moves(x.shape[1:])
-    rng = backend.Rng(backend.tensor([0, 0], "int32"))
+    rng = backend.Rng(backend.image_keys(0, range(len(x))))
     return backend.to_numpy(moves.start(backend.tensor(x), eps, rng, 0.0, 1.0))
 
 
