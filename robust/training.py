@@ -213,7 +213,8 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
     final = _float32_copy(model_name, dataset, options, inner) if use_mixed else inner
     test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
     best = fitted["best"]
-    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}; "
+    robust_note = f" (PGD-10 {best.history['pgd'][best.epoch]:.4f}, kept for it)" if adversarial else ""
+    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}{robust_note}; "
         f"clean test accuracy {test_acc:.4f} on {len(dataset.x_test):,} images ({fitted['seconds']:.1f} s)")
     card = _card(model_name, final, options, dataset, split, params=params, test_acc=test_acc, best=best,
                  epochs=epochs, batch_size=batch_size, lr=lr, seconds=fitted["seconds"], seed=seed, plan=plan,
@@ -278,8 +279,9 @@ def _adversarial_card(adversarial, fitted, model_name, dataset, options, split, 
     standard = standard_epoch_seconds(model_name, dataset, options, dataset.x_train[fit_idx],
                                       dataset.y_train[fit_idx], batch_size=batch_size, lr=lr,
                                       steps_per_epoch=math.ceil(len(split[0]) / batch_size))
-    epochs = [{"epoch": e + 1, "clean_val_accuracy": check.history["clean"][e], "pgd_val_accuracy": check.history["pgd"][e],
-               "fgsm_val_accuracy": check.history["fgsm"][e], "seconds": round(seconds[e], 3),
+    epochs = [{"epoch": e + 1, "clean_val_accuracy": round(check.history["clean"][e], 4),
+               "pgd_val_accuracy": round(check.history["pgd"][e], 4),
+               "fgsm_val_accuracy": round(check.history["fgsm"][e], 4), "seconds": round(seconds[e], 3),
                "ratio_to_standard": round(seconds[e] / standard, 3) if standard > 0 else None}
               for e in range(len(check.history["pgd"]))]
     return {**adversarial.describe(), "validation": {"images": len(check.x), "pgd_steps": VALIDATION_PGD_STEPS,
@@ -348,6 +350,7 @@ class TrainCell:
     batch_size: int
     lr: float
     seed: int
+    adversarial: AdversarialConfig | None = None  # a frozen dataclass: picklable like the rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +370,7 @@ def train_cell(cell: TrainCell, *, progress: bool = False) -> TrainedModel:
     dataset = study_data(cell.dataset, cell.data_path, train_limit=cell.train_limit, seed=cell.seed)
     result = train(cell.model, dataset, epochs=cell.epochs, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
                    model_options=dict(cell.options), progress=progress, data_path=cell.data_path,
-                   limit=cell.train_limit)
+                   limit=cell.train_limit, adversarial=cell.adversarial)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         result.model.save(path)

@@ -168,3 +168,29 @@ def test_cli_trades_with_warmup_writes_the_threat_model(data_dir, tmp_path):
     assert (card["method"], card["eps"], card["steps"], card["beta"], card["warmup_epochs"]) == (
         "trades", 0.2, 3, 3.0, 1)
     assert len(card["epochs"]) == 2 and card["standard_epoch_seconds"] > 0
+
+
+def test_the_attack_in_the_step_follows_the_current_weights(mnist_test_batch):
+    """The compiled perturbation reads the weights at each call: zeroed weights give no gradient steps."""
+    import keras
+
+    from robust import backend
+    from robust.adversarial import make_perturb
+    from robust.models import build_model
+
+    x, y = mnist_test_batch
+    x, y = x[:32], y[:32].astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_wong", (28, 28, 1), 10)
+    config = AdversarialConfig("pgd", 0.1, steps=3)
+    perturb = make_perturb(config, model, 10, (0.0, 1.0), warmup_steps=0, seed=0)
+    step = backend.compile(perturb, [backend.spec((None, 28, 28, 1)), backend.spec((None,), "int32"),
+                                     backend.spec((), "int64")])
+    moved = backend.to_numpy(step(x, y, np.int64(0)))
+    assert np.max(np.abs(moved - x)) <= 0.1 + 1e-6 and moved.min() >= 0 and moved.max() <= 1
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])  # no gradient: PGD cannot move
+    still = backend.to_numpy(step(x, y, np.int64(0)))
+    start = backend.to_numpy(step(x, y, np.int64(0)))
+    assert np.array_equal(still, start)  # same keys and step: the random start alone, deterministically
+    assert not np.allclose(still, moved)  # the second call saw the new weights
+    assert not np.array_equal(backend.to_numpy(step(x, y, np.int64(1))), still)  # a fresh start per step

@@ -24,7 +24,8 @@ def adversarial_options(func):
                      help="Attack step size  [default: 2.5 x eps / K; fgsm-rs: 1.25 x eps]"),
         click.option("--adv-beta", type=float, default=None, metavar="B",
                      help="trades only: weight of the KL term  [default: 6]"),
-        click.option("--adv-norm", type=click.Choice(["inf", "2"]), default=None, help="Threat model norm  [default: inf]"),
+        click.option("--adv-norm", type=click.Choice(["inf", "2"]), default=None,
+                     help="Threat model norm  [default: inf]"),
         click.option("--adv-warmup", type=int, default=None, metavar="N",
                      help="Epochs over which eps ramps up linearly from 0  [default: 0]"),
     ]
@@ -81,6 +82,10 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
     otherwise. Files are written atomically: an interrupted run leaves none.
 
     Example: robust train lenet5 --dataset mnist --out runs/lenet5
+
+    Adversarial training (--adversarial): every batch is attacked inside the
+    train step, and the epoch with the best PGD-10 validation accuracy is kept.
+    Example: robust train cnn_wong --dataset mnist --adversarial pgd --adv-eps 0.3
     """
     from robust.models import get_spec
 
