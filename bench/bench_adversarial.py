@@ -59,8 +59,8 @@ def part_robust(args):
                                warmup=args.warmup)
     print(f"[robust] {mnist.describe()}; cnn_wong, {config.describe()}; {load()}", flush=True)
     started = time.perf_counter()
-    result = train("cnn_wong", mnist, epochs=args.epochs, seed=args.seed, progress=False, adversarial=config,
-                   log=lambda line: print(f"  {line}", flush=True))
+    result = train("cnn_wong", mnist, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False,
+                   adversarial=config, log=lambda line: print(f"  {line}", flush=True))
     minutes = (time.perf_counter() - started) / 60
     idx = balanced_indices(mnist.y_test, args.test_images, args.seed)
     x, y = mnist.x_test[idx], mnist.y_test[idx]
@@ -112,11 +112,19 @@ def part_overhead(args):
     runs = {}
     for name, adv in (("standard", None), ("adversarial", config)):
         r = train("cnn_wong", mnist, epochs=args.epochs, seed=args.seed, progress=False, adversarial=adv)
-        runs[name] = statistics.median(r.epoch_seconds[1:] or r.epoch_seconds)
-        print(f"[overhead] {name}: epoch seconds {[round(s, 2) for s in r.epoch_seconds]}", flush=True)
-    ratio, target = runs["adversarial"] / runs["standard"], (args.steps + 1) * OVERHEAD_SLACK
-    print(f"[overhead] PGD-{args.steps} epoch / standard epoch = {ratio:.2f} / target <= {target:.2f} "
-          f"({'meets' if ratio <= target else 'MISSES'}); {load()}", flush=True)
+        runs[name] = (r.epoch_seconds[1:] or r.epoch_seconds, r.epoch_cpu_seconds[1:] or r.epoch_cpu_seconds)
+        print(f"[overhead] {name}: epoch seconds {[round(s, 2) for s in r.epoch_seconds]}, CPU seconds "
+              f"{[round(s, 2) for s in r.epoch_cpu_seconds]}", flush=True)
+    target = (args.steps + 1) * OVERHEAD_SLACK
+    # A shared CPU is noisy: the median wall time, the fastest epoch and the process CPU time (which other
+    # processes' load disturbs least) are all printed; the CPU-time ratio is the verdict.
+    for label, pick, which in (("median wall", statistics.median, 0), ("fastest wall", min, 0),
+                               ("median CPU", statistics.median, 1)):
+        ratio = pick(runs["adversarial"][which]) / pick(runs["standard"][which])
+        verdict = f" ({'meets' if ratio <= target else 'MISSES'})" if which == 1 else ""
+        print(f"[overhead] PGD-{args.steps} epoch / standard epoch, {label}: {ratio:.2f} / target <= "
+              f"{target:.2f}{verdict}", flush=True)
+    print(f"[overhead] {load()}", flush=True)
 
 
 def main():
@@ -127,6 +135,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="PGD training steps (pgd and the overhead part)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the model's)")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-images", type=int, default=1000)
     parser.add_argument("--apgd", action="store_true", help="also evaluate with ART's APGD-CE + APGD-DLR")

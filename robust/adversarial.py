@@ -128,6 +128,17 @@ class AdversarialConfig:
                 "step_size": self.effective_step_size, "beta": self.beta, "warmup_epochs": self.warmup}
 
 
+def describe_training(card: dict | None) -> str:
+    """One line saying how a model was trained, from its card: ``standard`` or its threat model."""
+    adv = (card or {}).get("adversarial")
+    if not adv:
+        return "standard (not adversarially trained)" if card else "unknown (no model card)"
+    extra = f", beta {adv['beta']:g}" if adv.get("beta") is not None else ""
+    return (f"adversarial, {adv['method']} at {get_norm(adv['norm']).label} eps {adv['eps']:g} "
+            f"({adv['steps']} step(s) of {adv['step_size']:.4g}{extra}); kept epoch {adv['best_epoch']} with "
+            f"PGD-{adv['validation']['pgd_steps']} validation accuracy {adv['pgd_val_accuracy']:.4f}")
+
+
 def _number(name, value, *, integer=False, positive=False):
     flag = f"--adv-{name.replace('_', '-')}"
     kind = "an integer" if integer else "a number"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from robust.adversarial import AdversarialConfig, best_epoch, overfitting
+from robust.adversarial import AdversarialConfig, best_epoch, describe_training, overfitting
 from robust.cli import main
 from robust.errors import RobustError
 
@@ -154,6 +154,8 @@ def test_adversarial_training_raises_pgd_accuracy_well_above_standard(mnist, mni
     assert card["best_epoch"] == 1 + int(np.argmax([e["pgd_val_accuracy"] for e in card["epochs"]]))
     assert card["validation"]["images"] == 300  # the whole held-out tenth of 3000 (fewer than 500)
     assert card["stopped"] is None and standard.card["adversarial"] is None
+    assert describe_training(standard.card).startswith("standard")
+    assert describe_training(robust_run.card).startswith("adversarial, pgd at L-inf eps 0.1 (5 step(s) of 0.05)")
 
 
 @pytest.mark.slow
@@ -168,6 +170,9 @@ def test_cli_trades_with_warmup_writes_the_threat_model(data_dir, tmp_path):
     assert (card["method"], card["eps"], card["steps"], card["beta"], card["warmup_epochs"]) == (
         "trades", 0.2, 3, 3.0, 1)
     assert len(card["epochs"]) == 2 and card["standard_epoch_seconds"] > 0
+    res = CliRunner().invoke(main, ["summary", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Training: adversarial, trades at L-inf eps 0.2 (3 step(s) of 0.1667, beta 3)" in res.output
 
 
 def test_the_attack_in_the_step_follows_the_current_weights(mnist_test_batch):
