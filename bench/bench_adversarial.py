@@ -62,16 +62,23 @@ def part_robust(args):
     result = train("cnn_wong", mnist, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False,
                    adversarial=config, log=lambda line: print(f"  {line}", flush=True))
     minutes = (time.perf_counter() - started) / 60
+    if args.save:
+        from robust.artifacts import save_trained
+
+        save_trained(args.save, result.model, result.card)
     idx = balanced_indices(mnist.y_test, args.test_images, args.seed)
     x, y = mnist.x_test[idx], mnist.y_test[idx]
     attack = PGD(eps=args.eps, steps=100, restarts=5, loss="margin", seed=args.seed)
+    attack_started = time.perf_counter()
     robust_acc = attack(result.model, x, y, progress=False).adversarial_accuracy
+    attack_seconds = time.perf_counter() - attack_started
     clean = result.card["test_accuracy"]
     print(f"[robust] clean test accuracy {clean:.4f} / target {CLEAN_TARGET} "
           f"({'meets' if clean >= CLEAN_TARGET else 'MISSES'})")
     print(f"[robust] PGD-100 x 5 restarts, margin loss, eps {args.eps}: {robust_acc:.4f} on {len(x)} images / "
-          f"target {ROBUST_TARGET} ({'meets' if robust_acc >= ROBUST_TARGET else 'MISSES'})")
+          f"target {ROBUST_TARGET} ({'meets' if robust_acc >= ROBUST_TARGET else 'MISSES'}); {attack_seconds:.0f} s")
     if args.apgd:
+        x, y = x[:args.apgd_images], y[:args.apgd_images]
         apgd = _apgd_accuracy(result.model, x, y, args.eps)
         print(f"[robust] APGD-CE then APGD-DLR (ART), eps {args.eps}: {apgd:.4f} on {len(x)} images / "
               f"target {ROBUST_TARGET} ({'meets' if apgd >= ROBUST_TARGET else 'MISSES'})")
@@ -139,6 +146,8 @@ def main():
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-images", type=int, default=1000)
     parser.add_argument("--apgd", action="store_true", help="also evaluate with ART's APGD-CE + APGD-DLR")
+    parser.add_argument("--apgd-images", type=int, default=None, help="APGD on the first N attacked images only")
+    parser.add_argument("--save", default=None, metavar="DIR", help="write the trained model folder to DIR")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for part in args.only or ["robust", "overhead"]:
