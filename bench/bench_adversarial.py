@@ -88,7 +88,7 @@ def part_robust(args):
 
 
 def _apgd_accuracy(model, x, y, eps):
-    """Accuracy under ART's APGD with CE, then DLR on the images CE left correct."""
+    """Accuracy under ART's APGD with CE, then DLR on the images CE left correct (initial step 2 eps, as in the paper)."""
     import numpy as np
     from art.attacks.evasion import AutoProjectedGradientDescent
     from art.estimators.classification import TensorFlowV2Classifier
@@ -101,7 +101,7 @@ def _apgd_accuracy(model, x, y, eps):
         todo = np.flatnonzero(correct)
         if len(todo) == 0:
             break
-        attack = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=2 * eps / 10, max_iter=100,
+        attack = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=100,
                                               nb_random_init=1, batch_size=250, loss_type=loss, verbose=False)
         adv = attack.generate(x[todo], y=np.eye(10)[y[todo]])
         correct[todo] = np.argmax(classifier.predict(adv), axis=1) == y[todo]
