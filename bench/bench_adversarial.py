@@ -88,7 +88,7 @@ def part_robust(args):
 
 
 def _apgd_accuracy(model, x, y, eps):
-    """Accuracy under ART's APGD with CE, then DLR on the images CE left correct (initial step 2 eps, as in the paper)."""
+    """Accuracy under ART's APGD-CE, then APGD-DLR on the images CE left correct (initial step 2 eps)."""
     import numpy as np
     from art.attacks.evasion import AutoProjectedGradientDescent
     from art.estimators.classification import TensorFlowV2Classifier
@@ -118,7 +118,7 @@ def part_overhead(args):
           flush=True)
     runs = {}
     for name, adv in (("standard", None), ("adversarial", config)):
-        r = train("cnn_wong", mnist, epochs=args.epochs, seed=args.seed, progress=False, adversarial=adv)
+        r = train("cnn_wong", mnist, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False, adversarial=adv)
         runs[name] = (r.epoch_seconds[1:] or r.epoch_seconds, r.epoch_cpu_seconds[1:] or r.epoch_cpu_seconds)
         print(f"[overhead] {name}: epoch seconds {[round(s, 2) for s in r.epoch_seconds]}, CPU seconds "
               f"{[round(s, 2) for s in r.epoch_cpu_seconds]}", flush=True)

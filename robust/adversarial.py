@@ -134,9 +134,10 @@ def describe_training(card: dict | None) -> str:
     if not adv:
         return "standard (not adversarially trained)" if card else "unknown (no model card)"
     extra = f", beta {adv['beta']:g}" if adv.get("beta") is not None else ""
+    pgd = "unmeasurable" if adv["pgd_val_accuracy"] is None else f"{adv['pgd_val_accuracy']:.4f}"
     return (f"adversarial, {adv['method']} at {get_norm(adv['norm']).label} eps {adv['eps']:g} "
             f"({adv['steps']} step(s) of {adv['step_size']:.4g}{extra}); kept epoch {adv['best_epoch']} with "
-            f"PGD-{adv['validation']['pgd_steps']} validation accuracy {adv['pgd_val_accuracy']:.4f}")
+            f"PGD-{adv['validation']['pgd_steps']} validation accuracy {pgd}")
 
 
 def _number(name, value, *, integer=False, positive=False):
@@ -211,11 +212,14 @@ def wrap_for_training(model, config: AdversarialConfig, num_classes: int, value_
 # ------------------------------------------------------- the guard and the choice
 
 def best_epoch(history: dict[str, list[float]]) -> int:
-    """The epoch (0-based) with the best PGD validation accuracy; ties go to higher clean accuracy, then earlier."""
+    """The epoch (0-based) with the best PGD validation accuracy; ties go to higher clean accuracy, then earlier.
+
+    An epoch whose PGD accuracy could not be measured (NaN: no usable input gradient) never beats a measured one.
+    """
     pgd, clean = history["pgd"], history["clean"]
     if not pgd:
         raise RobustError("best_epoch needs at least one recorded epoch; the history is empty.")
-    return max(range(len(pgd)), key=lambda e: (pgd[e], clean[e], -e))
+    return max(range(len(pgd)), key=lambda e: (-1.0 if math.isnan(pgd[e]) else pgd[e], clean[e], -e))
 
 
 def overfitting(history: dict[str, list[float]], *, drop: float = 0.2, gap: float = 0.3) -> str | None:
@@ -257,9 +261,14 @@ class RobustValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         started = time.perf_counter()
         self.history["clean"].append(float((logs or {}).get("val_accuracy", float("nan"))))
+        collapsed = None
         for name, attack in self.attacks.items():
-            result = attack(self.inner, self.x, self.y, value_range=self.value_range, progress=False)
-            self.history[name].append(result.adversarial_accuracy)
+            try:
+                result = attack(self.inner, self.x, self.y, value_range=self.value_range, progress=False)
+                self.history[name].append(result.adversarial_accuracy)
+            except RobustError as exc:  # no usable input gradient: the network collapsed, robustness unmeasurable
+                self.history[name].append(float("nan"))
+                collapsed = str(exc).split(". ")[0]
         self.history["seconds"].append(time.perf_counter() - started)
         if best_epoch(self.history) == epoch:
             self.epoch, self.accuracy, self.weights = epoch, self.history["clean"][-1], self.model.get_weights()
@@ -267,6 +276,10 @@ class RobustValidation(keras.callbacks.Callback):
                  f"PGD-{VALIDATION_PGD_STEPS} {self.history['pgd'][-1]:.4f}, FGSM {self.history['fgsm'][-1]:.4f} "
                  f"at eps {self.attacks['pgd'].eps:g} ({len(self.x)} images)")
         warning = overfitting(self.history)
+        if collapsed:
+            warning = (f"training collapsed at epoch {epoch + 1}: {collapsed}, so PGD accuracy cannot be measured "
+                       f"(e.g. every ReLU died). Training stops and keeps epoch {self.epoch + 1}. Lower the "
+                       "learning rate (--lr) or ramp eps up (--adv-warmup).")
         if warning:
             self.stopped = warning
             warnings.warn(warning, stacklevel=2)

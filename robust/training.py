@@ -282,14 +282,14 @@ def _adversarial_card(adversarial, fitted, model_name, dataset, options, split, 
     standard = standard_epoch_seconds(model_name, dataset, options, dataset.x_train[fit_idx],
                                       dataset.y_train[fit_idx], batch_size=batch_size, lr=lr,
                                       steps_per_epoch=math.ceil(len(split[0]) / batch_size))
-    epochs = [{"epoch": e + 1, "clean_val_accuracy": round(check.history["clean"][e], 4),
-               "pgd_val_accuracy": round(check.history["pgd"][e], 4),
-               "fgsm_val_accuracy": round(check.history["fgsm"][e], 4), "seconds": round(seconds[e], 3),
+    value = lambda key, e: None if math.isnan(check.history[key][e]) else round(check.history[key][e], 4)  # noqa: E731
+    epochs = [{"epoch": e + 1, "clean_val_accuracy": value("clean", e), "pgd_val_accuracy": value("pgd", e),
+               "fgsm_val_accuracy": value("fgsm", e), "seconds": round(seconds[e], 3),
                "ratio_to_standard": round(seconds[e] / standard, 3) if standard > 0 else None}
               for e in range(len(check.history["pgd"]))]
     return {**adversarial.describe(), "validation": {"images": len(check.x), "pgd_steps": VALIDATION_PGD_STEPS,
                                                      "eps": adversarial.eps, "chooses": "best PGD accuracy"},
-            "best_epoch": check.epoch + 1, "pgd_val_accuracy": check.history["pgd"][check.epoch],
+            "best_epoch": check.epoch + 1, "pgd_val_accuracy": value("pgd", check.epoch),
             "epochs": epochs, "standard_epoch_seconds": round(standard, 3),
             "standard_epoch_how": "20 timed steps of a fresh standard copy of the model x steps per epoch",
             "stopped": check.stopped}

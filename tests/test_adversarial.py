@@ -199,3 +199,27 @@ def test_the_attack_in_the_step_follows_the_current_weights(mnist_test_batch):
     assert np.array_equal(still, start)  # same keys and step: the random start alone, deterministically
     assert not np.allclose(still, moved)  # the second call saw the new weights
     assert not np.array_equal(backend.to_numpy(step(x, y, np.int64(1))), still)  # a fresh start per step
+
+
+def test_a_collapsed_network_stops_training_and_is_never_chosen(mnist_test_batch):
+    """A forced real case: all-zero weights have no input gradient, so robustness cannot be measured."""
+    import keras
+
+    from robust.adversarial import RobustValidation
+    from robust.models import build_model
+
+    x, y = mnist_test_batch
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_wong", (28, 28, 1), 10)
+    lines = []
+    check = RobustValidation(model, AdversarialConfig("pgd", 0.1, steps=2), x[:64], y[:64], (0.0, 1.0), seed=0,
+                             log=lines.append)
+    check.set_model(model)
+    check.on_epoch_end(0, {"val_accuracy": 0.5})
+    assert check.stopped is None and not np.isnan(check.history["pgd"][0]) and check.epoch == 0
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    with pytest.warns(UserWarning, match="training collapsed at epoch 2"):
+        check.on_epoch_end(1, {"val_accuracy": 0.1})
+    assert np.isnan(check.history["pgd"][1]) and model.stop_training
+    assert check.epoch == 0 and "keeps epoch 1" in check.stopped and "--adv-warmup" in check.stopped
+    assert best_epoch({"clean": [0.2, 0.9], "pgd": [0.0, float("nan")], "fgsm": [0.0, float("nan")]}) == 0
