@@ -118,7 +118,8 @@ def part_overhead(args):
           flush=True)
     runs = {}
     for name, adv in (("standard", None), ("adversarial", config)):
-        r = train("cnn_wong", mnist, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False, adversarial=adv)
+        r = train("cnn_wong", mnist, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False,
+                  adversarial=adv)
         runs[name] = (r.epoch_seconds[1:] or r.epoch_seconds, r.epoch_cpu_seconds[1:] or r.epoch_cpu_seconds)
         print(f"[overhead] {name}: epoch seconds {[round(s, 2) for s in r.epoch_seconds]}, CPU seconds "
               f"{[round(s, 2) for s in r.epoch_cpu_seconds]}", flush=True)
