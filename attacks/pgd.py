@@ -73,12 +73,16 @@ class PGD(Attack):
     def _starts_at_x(self) -> bool:
         return not self.random_start
 
+    def _objective(self, z, goal):
+        """The per-example number each step ascends (a subclass may ascend another, e.g. TRADES's KL)."""
+        return objective(z, goal, loss=self.loss, targeted=self.targeted)
+
     def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
-        norm, loss, targeted, keep_all = self.norm, self.loss, self.targeted, self._keep_every_iterate
+        norm, targeted, keep_all = self.norm, self.targeted, self._keep_every_iterate
 
         def value(xt, labels):
             z = logits(xt)
-            return objective(z, labels, loss=loss, targeted=targeted), z
+            return self._objective(z, labels), z
 
         value_and_grad = backend.value_and_grad(value)
         column = (-1,) + (1,) * (len(x.shape) - 1)
@@ -111,5 +115,5 @@ class PGD(Attack):
         if not keep_all:
             return final, clean_z, None
         z = logits(final)
-        best = keep_worse(best, final, objective(z, goal, loss=loss, targeted=targeted), z)
+        best = keep_worse(best, final, self._objective(z, goal), z)
         return best[0], clean_z, best[3]

@@ -327,6 +327,17 @@ def targeted_dlr(logits, labels, targets):
     return (aim - own) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
+def kl_divergence(reference_logits, logits):
+    """Per-example KL(softmax(reference) || softmax(logits)), from log-probabilities (no clipping).
+
+    The boundary term of TRADES (Zhang et al. 2019, "Theoretically principled
+    trade-off between robustness and accuracy"): the adversarial example
+    ascends it, and training weighs it by beta next to the clean cross-entropy.
+    """
+    reference = ops.log_softmax(reference_logits, axis=-1)
+    return ops.sum(ops.exp(reference) * (reference - ops.log_softmax(logits, axis=-1)), axis=-1)
+
+
 _LOSS_FNS = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 

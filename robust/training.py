@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import keras
 import numpy as np
@@ -38,6 +38,9 @@ import numpy as np
 from robust import backend
 from robust.data import Dataset, balanced_indices
 from robust.errors import RobustError
+
+if TYPE_CHECKING:
+    from robust.adversarial import AdversarialConfig
 
 CARD_SCHEMA = "robust.model/1"
 WEIGHT_DECAY = 1e-4
@@ -61,6 +64,9 @@ TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
     "vgg13": TrainDefaults(epochs=15, lr=1e-3),
     "vgg16": TrainDefaults(epochs=15, lr=1e-3),
     "vgg19": TrainDefaults(epochs=15, lr=1e-3),
+    # FGSM-RS at eps 0.3 on 30,000 MNIST images: lr 1e-3 left PGD-10 accuracy near 0.2 after 5 epochs,
+    # 5e-3 reached 0.79 after 6 (bench/bench_adversarial.py); Wong et al. 2020 also peak at 5e-3.
+    "cnn_wong": TrainDefaults(epochs=10, lr=5e-3),
 }
 FALLBACK_DEFAULTS = TrainDefaults(epochs=10, lr=1e-3)
 
@@ -151,7 +157,7 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
           lr: float | None = None, seed: int = 0, model_options: dict | None = None,
           tensorboard: str | os.PathLike | None = None, mixed_precision: bool = False, progress: bool = True,
           data_path: str | os.PathLike | None = None, limit: int | None = None, validation_fraction: float = 0.1,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, adversarial: AdversarialConfig | None = None) -> TrainResult:
     """Train zoo model ``model_name`` on ``dataset``; nothing is written (see :func:`robust.artifacts.save_trained`).
 
     Args:
@@ -170,6 +176,8 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         limit: the ``--limit`` the dataset was cut to, recorded in the card.
         validation_fraction: share of the train split held out to choose the best epoch.
         log: called with one line of text for each step worth reporting (device, result ...).
+        adversarial: train against this threat model (:mod:`robust.adversarial`): every batch is
+            attacked inside the train step, and the epoch with the best PGD validation accuracy is kept.
 
     Returns:
         A :class:`TrainResult`.
@@ -186,6 +194,7 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
     lr = defaults.lr if lr is None else lr
     options = dict(model_options or {})
     _check_args(epochs, batch_size, lr, validation_fraction, tensorboard, dataset)
+    _check_adversarial(adversarial, dataset, epochs)
 
     plan = select_device()
     use_mixed = bool(mixed_precision and plan.gpus)
@@ -195,43 +204,103 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         + ("  (mixed precision needs a GPU: training in float32)" if mixed_precision and not use_mixed else ""))
     keras.utils.set_random_seed(seed)
     split = split_validation(dataset.y_train, validation_fraction, seed)
-    model, params = _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, len(split[0]))
+    model, inner, params = _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size,
+                                    len(split[0]), adversarial, seed)
     say(f"model: {model_name} ({params:,} parameters{', options ' + repr(options) if options else ''}); "
         f"{epochs} epochs of {len(split[0]):,} images (batch {batch_size}, lr {lr:g}, seed {seed}); "
-        f"{len(split[1]):,} held out for validation")
+        f"{len(split[1]):,} held out for validation"
+        + (f"; adversarial training {adversarial.describe()}" if adversarial else ""))
 
     fitted = _fit(model, dataset, split, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  tensorboard=tensorboard)
-    final = _float32_copy(model_name, dataset, options, model) if use_mixed else model
+                  tensorboard=tensorboard, robust_check=_robust_check(adversarial, inner, dataset, split, seed, say))
+    final = _float32_copy(model_name, dataset, options, inner) if use_mixed else inner
     test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
     best = fitted["best"]
-    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}; "
+    robust_note = f" (PGD-10 {best.history['pgd'][best.epoch]:.4f}, kept for it)" if adversarial else ""
+    say(f"best epoch {best.epoch + 1}/{epochs}: validation accuracy {best.accuracy:.4f}{robust_note}; "
         f"clean test accuracy {test_acc:.4f} on {len(dataset.x_test):,} images ({fitted['seconds']:.1f} s)")
     card = _card(model_name, final, options, dataset, split, params=params, test_acc=test_acc, best=best,
                  epochs=epochs, batch_size=batch_size, lr=lr, seconds=fitted["seconds"], seed=seed, plan=plan,
                  mixed=use_mixed, data_path=data_path, limit=limit)
+    if adversarial is not None:
+        card["adversarial"] = _adversarial_card(adversarial, fitted, model_name, dataset, options, split,
+                                                batch_size=batch_size, lr=lr)
     return TrainResult(final, card, fitted["history"], list(fitted["timer"].seconds),
                        list(fitted["timer"].cpu_seconds))
 
 
-def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, n_fit):
-    """The compiled model inside the device strategy's scope, and its parameter count."""
+def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, n_fit, adversarial, seed):
+    """``(model to fit, the model itself, parameters)`` compiled inside the device strategy's scope.
+
+    For adversarial training the model to fit wraps the model: its train step attacks each batch.
+    """
     from robust.models import check_model_input, count_params
 
     steps = math.ceil(n_fit / batch_size)
     with plan.strategy.scope():
         model = _build(model_name, dataset, options, use_mixed)
         check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
-        compile_for_training(model, lr=lr, total_steps=epochs * steps, loss_scale=use_mixed)
-    return model, count_params(model)
+        fit_model = model
+        if adversarial is not None:
+            from robust.adversarial import wrap_for_training
+
+            fit_model = wrap_for_training(model, adversarial, dataset.num_classes, dataset.value_range,
+                                          steps_per_epoch=steps, seed=seed)
+        compile_for_training(fit_model, lr=lr, total_steps=epochs * steps, loss_scale=use_mixed)
+    return fit_model, model, count_params(model)
 
 
-def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboard) -> dict:
+def _check_adversarial(adversarial, dataset, epochs) -> None:
+    from robust.adversarial import AdversarialConfig
+
+    if adversarial is None:
+        return
+    if not isinstance(adversarial, AdversarialConfig):
+        raise RobustError(f"adversarial must be an AdversarialConfig (method, eps, ...) or None; "
+                          f"received {type(adversarial).__name__}.")
+    adversarial.check_for(dataset.input_shape, dataset.value_range, epochs)
+
+
+def _robust_check(adversarial, model, dataset, split, seed, say):
+    """For adversarial training, the callback that measures PGD and FGSM accuracy each epoch (else None)."""
+    if adversarial is None:
+        return None
+    from robust.adversarial import VALIDATION_IMAGES, RobustValidation
+
+    val = split[1]
+    chosen = val[balanced_indices(dataset.y_train[val], min(VALIDATION_IMAGES, len(val)), seed)]
+    return RobustValidation(model, adversarial, dataset.x_train[chosen], dataset.y_train[chosen],
+                            dataset.value_range, seed=seed, log=say)
+
+
+def _adversarial_card(adversarial, fitted, model_name, dataset, options, split, *, batch_size, lr) -> dict:
+    """The card's ``adversarial`` entry: threat model, per-epoch validation accuracies and times, the guard."""
+    from robust.adversarial import VALIDATION_PGD_STEPS, standard_epoch_seconds
+
+    check, seconds = fitted["best"], list(fitted["timer"].seconds)
+    fit_idx = split[0][:batch_size * 22]
+    standard = standard_epoch_seconds(model_name, dataset, options, dataset.x_train[fit_idx],
+                                      dataset.y_train[fit_idx], batch_size=batch_size, lr=lr,
+                                      steps_per_epoch=math.ceil(len(split[0]) / batch_size))
+    value = lambda key, e: None if math.isnan(check.history[key][e]) else round(check.history[key][e], 4)  # noqa: E731
+    epochs = [{"epoch": e + 1, "clean_val_accuracy": value("clean", e), "pgd_val_accuracy": value("pgd", e),
+               "fgsm_val_accuracy": value("fgsm", e), "seconds": round(seconds[e], 3),
+               "ratio_to_standard": round(seconds[e] / standard, 3) if standard > 0 else None}
+              for e in range(len(check.history["pgd"]))]
+    return {**adversarial.describe(), "validation": {"images": len(check.x), "pgd_steps": VALIDATION_PGD_STEPS,
+                                                     "eps": adversarial.eps, "chooses": "best PGD accuracy"},
+            "best_epoch": check.epoch + 1, "pgd_val_accuracy": value("pgd", check.epoch),
+            "epochs": epochs, "standard_epoch_seconds": round(standard, 3),
+            "standard_epoch_how": "20 timed steps of a fresh standard copy of the model x steps per epoch",
+            "stopped": check.stopped}
+
+
+def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboard, robust_check=None) -> dict:
     """``model.fit`` with the callbacks that keep the best epoch, time epochs, show progress and log."""
     fit_idx, val_idx = split
     train_ds = make_pipeline(dataset.x_train[fit_idx], dataset.y_train[fit_idx], batch_size, shuffle_seed=seed)
     val_ds = make_pipeline(dataset.x_train[val_idx], dataset.y_train[val_idx], max(batch_size, 256))
-    best, timer = KeepBest(), EpochTimer()
+    best, timer = robust_check or KeepBest(), EpochTimer()
     callbacks = [timer, best]
     if progress:
         callbacks.append(ProgressBar(epochs, math.ceil(len(fit_idx) / batch_size)))
@@ -262,6 +331,7 @@ def _card(model_name, model, options, dataset, split, *, params, test_acc, best,
         "optimizer": f"AdamW(weight_decay={WEIGHT_DECAY:g}), cosine decay of lr to 0",
         "seconds": round(seconds, 2), "seed": int(seed), "device": plan.device, "backend": backend.NAME,
         "strategy": plan.strategy_name, "mixed_precision": mixed, "versions": backend.versions(),
+        "adversarial": None,  # the threat model and per-epoch robust validation, when adversarially trained
     }
 
 
@@ -283,6 +353,7 @@ class TrainCell:
     batch_size: int
     lr: float
     seed: int
+    adversarial: AdversarialConfig | None = None  # a frozen dataclass: picklable like the rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +373,7 @@ def train_cell(cell: TrainCell, *, progress: bool = False) -> TrainedModel:
     dataset = study_data(cell.dataset, cell.data_path, train_limit=cell.train_limit, seed=cell.seed)
     result = train(cell.model, dataset, epochs=cell.epochs, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
                    model_options=dict(cell.options), progress=progress, data_path=cell.data_path,
-                   limit=cell.train_limit)
+                   limit=cell.train_limit, adversarial=cell.adversarial)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         result.model.save(path)

@@ -18,7 +18,9 @@ Primitives every backend module provides:
 * ``tensor``, ``to_numpy``: the host boundary;
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
-  pipeline, the device strategy and TensorBoard scalars.
+  pipeline, the device strategy and TensorBoard scalars;
+* ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
+  each batch and updates the weights in one compiled step.
 
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
@@ -47,6 +49,7 @@ if NAME == "tensorflow":
         GRADIENT_ERRORS,
         Rng,
         ScalarWriter,
+        adversarial_model,
         backend_versions,
         compile,
         device,

@@ -43,8 +43,12 @@ def summary_command(model_ref, input_shape, classes, dataset, model_option, unsa
                               f"classes and options. Received MODEL={model_ref!r}.")
         from robust.artifacts import load_model
 
-        model, _card = load_model(model_ref, unsafe=unsafe)
+        model, card = load_model(model_ref, unsafe=unsafe)
         summary = summarize(model, shape)
+        if card is not None and not as_json:  # how it was trained (issue 8: adversarially, at which eps)
+            from robust.adversarial import describe_training
+
+            click.echo(f"Training: {describe_training(card)}")
     else:
         from robust.models import build_model, registry
 

@@ -12,6 +12,51 @@ from robust.cli.common import data_options, echo_err, parse_model_options
 from robust.errors import RobustError, known_names
 
 
+# --- adversarial training options (issue 8) --------------------------------------------------------
+def adversarial_options(func):
+    """``--adversarial`` and its ``--adv-*`` options; values are checked by AdversarialConfig."""
+    options = [
+        click.option("--adversarial", type=click.Choice(["pgd", "fgsm-rs", "trades"]), default=None,
+                     help="Train on adversarial examples: pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020), "
+                          "trades (Zhang et al. 2019)."),
+        click.option("--adv-eps", type=float, default=None, metavar="E",
+                     help="Radius of the training threat model, in the value range's units (e.g. 0.3)."),
+        click.option("--adv-steps", type=int, default=None, metavar="K",
+                     help="Attack steps per batch  [default: 10; fgsm-rs: 1]"),
+        click.option("--adv-step-size", type=float, default=None, metavar="A",
+                     help="Attack step size  [default: 2.5 x eps / K; fgsm-rs: 1.25 x eps]"),
+        click.option("--adv-beta", type=float, default=None, metavar="B",
+                     help="trades only: weight of the KL term  [default: 6]"),
+        click.option("--adv-norm", type=click.Choice(["inf", "2"]), default=None,
+                     help="Threat model norm  [default: inf]"),
+        click.option("--adv-warmup", type=int, default=None, metavar="N",
+                     help="Epochs over which eps ramps up linearly from 0  [default: 0]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def adversarial_config(adversarial, adv_eps, adv_steps, adv_step_size, adv_beta, adv_norm, adv_warmup):
+    """The AdversarialConfig the options describe, ``None`` without ``--adversarial``, or a RobustError."""
+    given = {"--adv-eps": adv_eps, "--adv-steps": adv_steps, "--adv-step-size": adv_step_size,
+             "--adv-beta": adv_beta, "--adv-norm": adv_norm, "--adv-warmup": adv_warmup}
+    if adversarial is None:
+        stray = [name for name, value in given.items() if value is not None]
+        if stray:
+            raise RobustError(f"{', '.join(stray)} configure adversarial training and need --adversarial "
+                              "pgd|fgsm-rs|trades; received them without it.")
+        return None
+    if adv_eps is None:
+        raise RobustError(f"--adversarial {adversarial} needs --adv-eps E, the radius of the threat model "
+                          "(e.g. --adv-eps 0.3 for MNIST in [0, 1]).")
+    from robust.adversarial import AdversarialConfig
+
+    return AdversarialConfig(method=adversarial, eps=adv_eps, steps=adv_steps, step_size=adv_step_size,
+                             beta=adv_beta, norm=adv_norm or "inf", warmup=adv_warmup or 0)
+# --- end of adversarial training options -------------------------------------------------------------
+
+
 @main.command("train")
 @click.argument("model_name", metavar="MODEL")
 @data_options
@@ -30,8 +75,9 @@ from robust.errors import RobustError, known_names
 @click.option("--force", is_flag=True, help="Replace a model already in --out (otherwise refused).")
 @click.option("--mixed-precision", is_flag=True, help="Compute in float16 on GPUs (ignored on the CPU).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@adversarial_options
 def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_size, lr, out_dir, model_option,
-                  tensorboard, force, mixed_precision, no_progress) -> None:
+                  tensorboard, force, mixed_precision, no_progress, **adversarial) -> None:
     """Train MODEL on a dataset; keep the best epoch; write DIR/model.keras and DIR/model.json.
 
     A tenth of the training images (class-balanced, seeded) is held out to
@@ -40,6 +86,10 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
     otherwise. Files are written atomically: an interrupted run leaves none.
 
     Example: robust train lenet5 --dataset mnist --out runs/lenet5
+
+    Adversarial training (--adversarial): every batch is attacked inside the
+    train step, and the epoch with the best PGD-10 validation accuracy is kept.
+    Example: robust train cnn_wong --dataset mnist --adversarial pgd --adv-eps 0.3
     """
     from robust.artifacts import check_writable
     from robust.data import DATASETS
@@ -54,6 +104,7 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
         raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {known_names(DATASETS)}.")
     info = DATASETS[dataset]
     options = check_buildable(model_name, info.image_shape, len(info.class_names), parse_model_options(model_option))
+    adversarial = adversarial_config(**adversarial)
     out_dir = out_dir or f"runs/{model_name}_{dataset}"
     if not force:
         _refuse_to_overwrite(Path(out_dir))
@@ -68,7 +119,8 @@ def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_siz
     data = load_dataset(dataset, data_path, limit=limit, seed=seed)
     result = train(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                    model_options=options, tensorboard=tensorboard, mixed_precision=mixed_precision,
-                   progress=not no_progress, data_path=data_path, limit=limit, log=echo_err)
+                   progress=not no_progress, data_path=data_path, limit=limit, log=echo_err,
+                   adversarial=adversarial)
     card = result.card
     click.echo(f"{model_name} on {dataset}: clean test accuracy {card['test_accuracy']:.4f} "
                f"({card['test_size']:,} test images), best epoch {card['best_epoch']}/{card['epochs']}, "
