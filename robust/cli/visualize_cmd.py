@@ -110,7 +110,7 @@ def _units(model, name: str) -> int:
 def _test_images(model, card, model_ref, dataset, data_path, limit, seed, value_range):
     from robust.data import load_dataset
     from robust.models import check_model_input
-    from robust.study import scale_to
+    from robust.data import scale_to
 
     dataset = dataset or card.get("dataset")
     if dataset is None:
