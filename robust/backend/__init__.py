@@ -20,6 +20,11 @@ Primitives every backend module provides:
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars.
 
+Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.jax`;
+:mod:`robust.backend.common` holds what the backends without ``tf.data``,
+``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
+so the JAX path never imports TensorFlow.
+
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
 so one kernel serves every weight update), :func:`image_keys` and
@@ -37,8 +42,7 @@ import numpy as np
 
 from robust.errors import RobustError
 
-#: Backends that have a module in this package.
-BACKENDS = ("tensorflow",)
+from robust import BACKENDS  # noqa: E402  (the names robust checks KERAS_BACKEND against at import)
 
 NAME = keras.backend.backend()
 
@@ -57,10 +61,25 @@ if NAME == "tensorflow":
         to_numpy,
         value_and_grad,
     )
+elif NAME == "jax":
+    from robust.backend.jax import (  # noqa: F401
+        GRADIENT_ERRORS,
+        Rng,
+        ScalarWriter,
+        backend_versions,
+        compile,
+        device,
+        distribution,
+        pipeline,
+        spec,
+        tensor,
+        to_numpy,
+        value_and_grad,
+    )
 else:
     raise RobustError(
-        f"Keras is running on the {NAME!r} backend (KERAS_BACKEND), which robust does not support yet. "
-        f"Supported backends: {', '.join(BACKENDS)}. Set KERAS_BACKEND=tensorflow."
+        f"Keras is running on the {NAME!r} backend (KERAS_BACKEND or ~/.keras/keras.json), which robust does "
+        f"not support. Supported backends: {', '.join(BACKENDS)}; set KERAS_BACKEND to one of them."
     )
 
 

@@ -1,0 +1,134 @@
+"""Keras 3 backends: a .keras file attacked under another backend, the JAX path without TensorFlow, errors.
+
+Keras chooses its backend once, at import, so every backend runs in its own
+subprocess (tests/backend_worker.py) with ``KERAS_BACKEND`` set. Backends
+that are not installed are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("backend_worker.py")
+BACKENDS = ("tensorflow", "jax")
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def needs(*names: str):
+    missing = [n for n in names if not installed(n)]
+    return pytest.mark.skipif(bool(missing), reason=f"backend not installed: {', '.join(missing)} "
+                                                    "(pip install -e '.[jax]' for JAX)")
+
+
+def run_under(backend: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{backend} subprocess failed:\n{done.stderr[-4000:]}"
+    return done
+
+
+# ------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("name", ["no_such_backend", "numpy"])
+def test_an_unsupported_keras_backend_is_refused_with_the_list(name):
+    env = dict(os.environ, KERAS_BACKEND=name)
+    done = subprocess.run([sys.executable, "-c", "import robust.backend"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("robust.errors.RobustError") and f"KERAS_BACKEND={name!r}" in last
+    assert "tensorflow, jax" in last
+
+
+# --------------------------------------------------------- across backends
+
+N_TRAIN, N_TEST = 3000, 300
+
+
+@pytest.fixture(scope="module")
+def cross(tmp_path_factory, data_dir):
+    """LeNet-5 trained under TF and under JAX, each attacked under both: ``{(model_backend, attack_backend): npz}``."""
+    if not (installed("tensorflow") and installed("jax")):
+        pytest.skip("needs both TensorFlow and JAX installed (pip install -e '.[jax]')")
+    tmp = tmp_path_factory.mktemp("backends")
+    models = [str(tmp / f"lenet5_{b}.keras") for b in BACKENDS]
+    for backend, path in zip(BACKENDS, models):
+        run_under(backend, str(WORKER), "train", path, str(N_TRAIN))
+    out = {}
+    for backend in BACKENDS:
+        run_under(backend, str(WORKER), "attack", str(tmp / f"attacks_{backend}.npz"), str(N_TEST), *models)
+        with np.load(tmp / f"attacks_{backend}.npz") as found:
+            assert str(found["backend"]) == backend
+            for i, trained in enumerate(BACKENDS):
+                out[(trained, backend)] = {k[:-2]: found[k] for k in found.files if k.endswith(f"_{i}")}
+            out["y"] = found["y"]
+    return out
+
+
+PAIRS = [("tensorflow", "jax"), ("jax", "tensorflow")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained, attacked", PAIRS)
+def test_same_fgsm_images_under_another_backend(cross, trained, attacked):
+    home, away = cross[(trained, trained)], cross[(trained, attacked)]
+    assert np.mean(home["clean"] == cross["y"]) > 0.9  # a real model, trained for one epoch
+    np.testing.assert_array_equal(away["clean"], home["clean"])
+    diff = np.abs(away["fgsm"] - home["fgsm"])
+    # The sign of a gradient within float rounding of 0 may differ between backends; every other pixel agrees.
+    assert np.mean(diff > 1e-6) < 1e-4, f"{np.mean(diff > 1e-6):.2e} of the pixels differ"
+    assert np.mean(away["fgsm_pred"] != home["fgsm_pred"]) <= 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained, attacked", PAIRS)
+def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
+    home, away, y = cross[(trained, trained)], cross[(trained, attacked)], cross["y"]
+    home_acc, away_acc = np.mean(home["pgd_pred"] == y), np.mean(away["pgd_pred"] == y)
+    assert abs(home_acc - away_acc) <= 0.005, f"PGD accuracy {home_acc:.3f} under {trained}, {away_acc:.3f} under {attacked}"
+    assert home_acc < np.mean(home["clean"] == y) - 0.1  # the attack does something
+    # Random starts come from each backend's own generator: the same distribution, other numbers.
+    random_home, random_away = np.mean(home["pgd_random_pred"] == y), np.mean(away["pgd_random_pred"] == y)
+    assert abs(random_home - random_away) <= 0.03, f"{random_home:.3f} vs {random_away:.3f}"
+
+
+# ------------------------------------------------------ JAX without TensorFlow
+
+@pytest.mark.slow
+@needs("jax")
+def test_jax_path_trains_and_attacks_without_tensorflow(tmp_path, data_dir):
+    out = tmp_path / "report.json"
+    run_under("jax", str(WORKER), "no-tensorflow", str(out))
+    report = json.loads(out.read_text())
+    assert report["backend"] == report["robust_backend"] == report["card_backend"] == "jax"
+    assert report["tensorflow_imported"] is False
+    assert "tensorflow" not in report["versions"] and report["versions"]["jax"]
+    assert report["clean"] > 0.8 and report["pgd"] <= report["fgsm"] < report["clean"]
+    # TensorBoard scalars without TensorFlow: event files through the tensorboard package, or the CSV fallback.
+    runs = [tmp_path / "report.json.tb" / run for run in ("train", "validation")]
+    assert all(any(run.glob("events.out.tfevents.*")) or (run / "scalars.csv").is_file() for run in runs)
+
+
+# ------------------------------- the attack property tests under every backend
+
+PROPERTY_TESTS = ["tests/test_driver.py"]
+
+
+@pytest.mark.slow
+@needs("jax")
+def test_driver_property_tests_pass_under_jax():
+    """The driver's tests (stale weights, batch-size independence, masks, black-box, cells) on JAX."""
+    done = run_under("jax", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *PROPERTY_TESTS, timeout=900)
+    assert " passed" in done.stdout and " failed" not in done.stdout
