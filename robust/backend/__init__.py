@@ -34,53 +34,37 @@ so one kernel serves every weight update), :func:`image_keys` and
 from __future__ import annotations
 
 import contextlib
+import importlib
 import platform
 from typing import Sequence
 
 import keras
 import numpy as np
 
+from robust import BACKENDS
 from robust.errors import RobustError
-
-from robust import BACKENDS  # noqa: E402  (the names robust checks KERAS_BACKEND against at import)
 
 NAME = keras.backend.backend()
 
-if NAME == "tensorflow":
-    from robust.backend.tensorflow import (  # noqa: F401
-        GRADIENT_ERRORS,
-        Rng,
-        ScalarWriter,
-        backend_versions,
-        compile,
-        device,
-        distribution,
-        pipeline,
-        spec,
-        tensor,
-        to_numpy,
-        value_and_grad,
-    )
-elif NAME == "jax":
-    from robust.backend.jax import (  # noqa: F401
-        GRADIENT_ERRORS,
-        Rng,
-        ScalarWriter,
-        backend_versions,
-        compile,
-        device,
-        distribution,
-        pipeline,
-        spec,
-        tensor,
-        to_numpy,
-        value_and_grad,
-    )
-else:
+if NAME not in BACKENDS:
     raise RobustError(
         f"Keras is running on the {NAME!r} backend (KERAS_BACKEND or ~/.keras/keras.json), which robust does "
         f"not support. Supported backends: {', '.join(BACKENDS)}; set KERAS_BACKEND to one of them."
     )
+
+_module = importlib.import_module(f"robust.backend.{NAME}")
+GRADIENT_ERRORS = _module.GRADIENT_ERRORS
+Rng = _module.Rng
+ScalarWriter = _module.ScalarWriter
+backend_versions = _module.backend_versions
+compile = _module.compile
+device = _module.device
+distribution = _module.distribution
+pipeline = _module.pipeline
+spec = _module.spec
+tensor = _module.tensor
+to_numpy = _module.to_numpy
+value_and_grad = _module.value_and_grad
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
