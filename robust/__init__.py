@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = ["BACKENDS", "RobustError", "__version__"]
 
 #: The Keras backends robust runs on, each with a module in :mod:`robust.backend`.
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _check_keras_backend() -> None:

@@ -20,7 +20,8 @@ Primitives every backend module provides:
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars.
 
-Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.jax`;
+Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.jax`,
+:mod:`robust.backend.torch`;
 :mod:`robust.backend.common` holds what the backends without ``tf.data``,
 ``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
 so the JAX path never imports TensorFlow.
