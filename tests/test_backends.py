@@ -19,17 +19,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("backend_worker.py")
-BACKENDS = ("tensorflow", "jax")
+ALL_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+#: The backends this environment can run (CI installs TensorFlow and JAX; see README, "Keras backends").
+BACKENDS = tuple(b for b in ALL_BACKENDS if installed(b))
+
+
 def needs(*names: str):
     missing = [n for n in names if not installed(n)]
     return pytest.mark.skipif(bool(missing), reason=f"backend not installed: {', '.join(missing)} "
-                                                    "(pip install -e '.[jax]' for JAX)")
+                                                    "(pip install -e '.[jax]' or '.[torch]')")
 
 
 def run_under(backend: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -49,24 +53,30 @@ def test_an_unsupported_keras_backend_is_refused_with_the_list(name):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("robust.errors.RobustError") and f"KERAS_BACKEND={name!r}" in last
-    assert "tensorflow, jax" in last
+    assert "tensorflow, jax, torch" in last
 
 
 # --------------------------------------------------------- across backends
 
 N_TRAIN, N_TEST = 3000, 300
-PAIRS = [("tensorflow", "jax"), ("jax", "tensorflow")]
+#: (trained under, attacked under): every ordered pair of two installed backends, TensorFlow in each.
+PAIRS = [(a, b) for a in ALL_BACKENDS for b in ALL_BACKENDS if a != b and "tensorflow" in (a, b)]
+
+
+def needs_pair(pair):
+    return pytest.param(*pair, marks=needs(*pair), id=f"{pair[0]}-to-{pair[1]}")
 
 
 @pytest.fixture(scope="module")
 def cross(tmp_path_factory, data_dir):
-    """LeNet-5 trained under TF and under JAX, each attacked under both.
+    """LeNet-5 trained under every installed backend, each attacked under every one.
 
     ``{"cards": {backend: card}, "y": labels, (model_backend, attack_backend): arrays, "tf_imported": {...}}``.
-    The JAX processes run with ``import tensorflow`` blocked (tests/backend_worker.py).
+    The processes of other backends than TensorFlow run with ``import tensorflow`` blocked
+    (tests/backend_worker.py).
     """
-    if not (installed("tensorflow") and installed("jax")):
-        pytest.skip("needs both TensorFlow and JAX installed (pip install -e '.[jax]')")
+    if len(BACKENDS) < 2:
+        pytest.skip(f"needs two backends installed; found {', '.join(BACKENDS) or 'none'} (pip install -e '.[jax]')")
     tmp = tmp_path_factory.mktemp("backends")
     models = [str(tmp / f"lenet5_{b}.keras") for b in BACKENDS]
     out = {"cards": {}, "tf_imported": {}, "tmp": tmp}
@@ -85,7 +95,7 @@ def cross(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trained, attacked", PAIRS)
+@pytest.mark.parametrize("trained, attacked", [needs_pair(p) for p in PAIRS])
 def test_same_fgsm_images_under_another_backend(cross, trained, attacked):
     home, away = cross[(trained, trained)], cross[(trained, attacked)]
     assert np.mean(home["clean"] == cross["y"]) > 0.8  # a real model, trained for one epoch
@@ -97,7 +107,7 @@ def test_same_fgsm_images_under_another_backend(cross, trained, attacked):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trained, attacked", PAIRS)
+@pytest.mark.parametrize("trained, attacked", [needs_pair(p) for p in PAIRS])
 def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
     home, away, y = cross[(trained, trained)], cross[(trained, attacked)], cross["y"]
     home_acc, away_acc = np.mean(home["pgd_pred"] == y), np.mean(away["pgd_pred"] == y)
@@ -109,28 +119,30 @@ def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
 
 
 @pytest.mark.slow
-def test_the_jax_path_never_imports_tensorflow(cross):
-    """JAX trained, saved, loaded and attacked with ``import tensorflow`` failing; cards name the backend."""
-    card = cross["cards"]["jax"]
-    assert card["tensorflow_imported"] is False and cross["tf_imported"]["jax"] is False
-    assert card["backend"] == card["versions"]["backend"] == "jax" and card["versions"]["jax"]
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
+def test_other_backends_never_import_tensorflow(cross, backend):
+    """Trained, saved, loaded and attacked with ``import tensorflow`` failing; the card names the backend."""
+    card = cross["cards"][backend]
+    assert card["tensorflow_imported"] is False and cross["tf_imported"][backend] is False
+    assert card["backend"] == card["versions"]["backend"] == backend and card["versions"][backend]
     assert "tensorflow" not in card["versions"] and cross["cards"]["tensorflow"]["backend"] == "tensorflow"
     # TensorBoard scalars without TensorFlow: event files through the tensorboard package, or the CSV fallback.
     for run in ("train", "validation"):
-        folder = cross["tmp"] / "lenet5_jax.keras.tb" / run
+        folder = cross["tmp"] / f"lenet5_{backend}.keras.tb" / run
         assert any(folder.glob("events.out.tfevents.*")) or (folder / "scalars.csv").read_text().count("\n") > 1
 
 
 # ------------------------------- the attack property tests under every backend
 
 # The whole of tests/test_driver.py passes under JAX too (5.5 minutes on 2 busy cores, mostly XLA compiling
-# one kernel per attack configuration); CI runs the two that the issues name.
-PROPERTY_TESTS = ["tests/test_driver.py", "-k", "cached_kernel_follows_new_weights or do_not_depend_on_the_batch_size"]
+# one kernel per attack configuration); CI runs the stale-weights and the L-inf batch-size test.
+PROPERTY_TESTS = ["tests/test_driver.py", "-k",
+                  "cached_kernel_follows_new_weights or do_not_depend_on_the_batch_size and inf"]
 
 
 @pytest.mark.slow
-@needs("jax")
-def test_driver_property_tests_pass_under_jax():
-    """Stale weights (a cached kernel follows new weights) and batch-size independence, on JAX."""
-    done = run_under("jax", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *PROPERTY_TESTS, timeout=900)
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
+def test_driver_property_tests_pass_under(backend):
+    """Stale weights (a cached kernel follows new weights) and batch-size independence, on JAX and PyTorch."""
+    done = run_under(backend, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *PROPERTY_TESTS, timeout=900)
     assert " passed" in done.stdout and " failed" not in done.stdout
