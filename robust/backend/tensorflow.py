@@ -168,8 +168,15 @@ def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_se
     ds = tf.data.Dataset.range(len(x))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    gather = (lambda i: tf.gather(xs, i)) if ys is None else (lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
-    ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def images(i):
+        return tf.gather(xs, i)
+
+    def images_and_labels(i):
+        return tf.gather(xs, i), tf.gather(ys, i)
+
+    ds = ds.batch(batch_size).map(images if ys is None else images_and_labels,
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
