@@ -11,7 +11,6 @@ Results are files, read by tests/test_backends.py.
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
 import sys
@@ -19,13 +18,15 @@ import sys
 import numpy as np
 
 
-class _BlockTensorFlow(importlib.abc.MetaPathFinder):
-    """A meta-path finder that makes ``tensorflow`` (and its submodules) unimportable, as if not installed."""
+def _block_tensorflow() -> None:
+    """Make ``import tensorflow`` fail as if it were not installed.
 
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"No module named {name!r} (blocked by tests/backend_worker.py)")
-        return None
+    A ``None`` entry in ``sys.modules`` makes ``import tensorflow`` raise
+    ModuleNotFoundError and ``importlib.util.find_spec("tensorflow")`` return
+    ``None`` (which PyTorch's dynamo and Keras probe), exactly as on a
+    machine without TensorFlow.
+    """
+    sys.modules["tensorflow"] = None
 
 
 def _mnist(n_train: int | None = None):
@@ -36,7 +37,8 @@ def _mnist(n_train: int | None = None):
 
 
 def _tensorflow_imported() -> bool:
-    return any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+    return any((m == "tensorflow" or m.startswith("tensorflow.")) and sys.modules[m] is not None
+               for m in list(sys.modules))
 
 
 def train(out: str, n_train: int) -> None:
@@ -78,7 +80,7 @@ def attack(out: str, n_test: int, models: list[str]) -> None:
 
 if __name__ == "__main__":
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        sys.meta_path.insert(0, _BlockTensorFlow())
+        _block_tensorflow()
     command, target = sys.argv[1], sys.argv[2]
     if command == "train":
         train(target, int(sys.argv[3]))
