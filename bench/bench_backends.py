@@ -1,4 +1,4 @@
-"""Keras backends side by side: PGD-40 and one training epoch of LeNet-5 on MNIST, TensorFlow vs JAX.
+"""Keras backends side by side: PGD-40 and one training epoch of LeNet-5 on MNIST, TensorFlow vs JAX (and PyTorch).
 
 Targets (issue 10), on 2 CPU cores:
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def worker_train_model(out: str) -> dict:
@@ -67,7 +67,8 @@ def worker_pgd(model_path: str, images: int, batch_size: int) -> dict:
         result = attack(model, x, y, batch_size=batch_size, progress=False)
         times.append(time.perf_counter() - start)
         accs.append(float(np.mean(result.adv_pred == y)))
-    return {"first_s": times[0], "warm_s": times[1], "accuracy": accs[1], "clean": float(np.mean(result.clean_pred == y))}
+    return {"first_s": times[0], "warm_s": times[1], "accuracy": accs[1],
+            "clean": float(np.mean(result.clean_pred == y))}
 
 
 def worker_train_epoch(batch_size: int) -> dict:

@@ -111,7 +111,8 @@ def test_same_fgsm_images_under_another_backend(cross, trained, attacked):
 def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
     home, away, y = cross[(trained, trained)], cross[(trained, attacked)], cross["y"]
     home_acc, away_acc = np.mean(home["pgd_pred"] == y), np.mean(away["pgd_pred"] == y)
-    assert abs(home_acc - away_acc) <= 0.005, f"PGD accuracy {home_acc:.3f} under {trained}, {away_acc:.3f} under {attacked}"
+    assert abs(home_acc - away_acc) <= 0.005, \
+        f"PGD accuracy {home_acc:.3f} under {trained}, {away_acc:.3f} under {attacked}"
     assert home_acc < np.mean(home["clean"] == y) - 0.1  # the attack does something
     # Random starts come from each backend's own generator: the same distribution, other numbers.
     random_home, random_away = np.mean(home["pgd_random_pred"] == y), np.mean(away["pgd_random_pred"] == y)
@@ -146,3 +147,51 @@ def test_driver_property_tests_pass_under(backend):
     """Stale weights (a cached kernel follows new weights) and batch-size independence, on JAX and PyTorch."""
     done = run_under(backend, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *PROPERTY_TESTS, timeout=900)
     assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+# ------------------------------------ pieces shared by the backends without tf.data
+
+def test_array_batches_reshuffle_every_epoch_from_the_seed():
+    from robust.backend.common import ArrayBatches
+
+    x, y = np.arange(10, dtype=np.float32).reshape(10, 1), np.arange(10)
+    a, b = ArrayBatches(x, y, 4, shuffle_seed=3), ArrayBatches(x, y, 4, shuffle_seed=3)
+    assert len(a) == 3 and [len(a[i][0]) for i in range(3)] == [4, 4, 2]
+
+    def epoch(batches):
+        return np.concatenate([batches[i][1] for i in range(len(batches))])
+
+    first = epoch(a)
+    assert sorted(first) == list(range(10)) and np.array_equal(epoch(b), first)
+    assert all(np.array_equal(a[i][0][:, 0], a[i][1]) for i in range(3))  # images stay with their labels
+    a.on_epoch_end()
+    assert sorted(epoch(a)) == list(range(10)) and not np.array_equal(epoch(a), first)
+    plain = ArrayBatches(x, None, 4)
+    assert np.array_equal(np.concatenate([plain[i] for i in range(3)]), x)
+
+
+def test_scalar_writer_without_tensorflow(tmp_path):
+    """Event files through the tensorboard package when it is installed, else scalars.csv with a warning."""
+    import warnings
+
+    from robust.backend.common import ScalarWriter
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer = ScalarWriter(tmp_path)
+        for step in range(3):
+            writer.write("epoch_accuracy", 0.5 + step / 10, step)
+        writer.close()
+    if installed("tensorboard"):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.util.tensor_util import make_ndarray
+
+        events = EventAccumulator(str(tmp_path))
+        events.Reload()
+        found = [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors("epoch_accuracy")]
+    else:
+        assert any("scalars.csv" in str(w.message) for w in caught)
+        rows = (tmp_path / "scalars.csv").read_text().splitlines()[1:]
+        found = [(int(r.split(",")[1]), float(r.split(",")[2])) for r in rows]
+    assert [s for s, _ in found] == [0, 1, 2]
+    np.testing.assert_allclose([v for _, v in found], [0.5, 0.6, 0.7], rtol=1e-6)

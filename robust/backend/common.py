@@ -93,7 +93,8 @@ class ScalarWriter:
             self._csv.writerow([tag, int(step), float(value), time.time()])
             return
         event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2 = self._pb
-        metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        metadata = summary_pb2.SummaryMetadata(plugin_data=plugin)
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[float(value)],
                                         tensor_shape=tensor_shape_pb2.TensorShapeProto())
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])
