@@ -24,7 +24,7 @@ Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.ja
 :mod:`robust.backend.torch`;
 :mod:`robust.backend.common` holds what the backends without ``tf.data``,
 ``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
-so the JAX path never imports TensorFlow.
+so the JAX and PyTorch paths never import TensorFlow.
 
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
