@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -82,8 +81,7 @@ def worker_train_epoch(batch_size: int) -> dict:
 
 
 def run_worker(backend: str, *args: str) -> dict:
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench_backends: the {backend} worker failed:\n{done.stderr[-3000:]}")
