@@ -1,4 +1,4 @@
-"""Keras 3 backends: a .keras file attacked under another backend, the JAX path without TensorFlow, errors.
+"""Keras 3 backends: a .keras file attacked under another backend, JAX and PyTorch without TensorFlow, errors.
 
 Keras chooses its backend once, at import, so every backend runs in its own
 subprocess (tests/backend_worker.py) with ``KERAS_BACKEND`` set. Backends
@@ -115,9 +115,9 @@ def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
     assert abs(home_acc - away_acc) <= 0.005, \
         f"PGD accuracy {home_acc:.3f} under {trained}, {away_acc:.3f} under {attacked}"
     assert home_acc < np.mean(home["clean"] == y) - 0.1  # the attack does something
-    # Random starts come from each backend's own generator: the same distribution, other numbers.
+    # Random starts: every backend draws the same per-image numbers (one hash), so they agree as closely.
     random_home, random_away = np.mean(home["pgd_random_pred"] == y), np.mean(away["pgd_random_pred"] == y)
-    assert abs(random_home - random_away) <= 0.03, f"{random_home:.3f} vs {random_away:.3f}"
+    assert abs(random_home - random_away) <= 0.005, f"{random_home:.3f} vs {random_away:.3f}"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The JAX backend: ``jax.value_and_grad``, ``jax.jit`` over batch-size buckets, ``jax.random`` per image.
+"""The JAX backend: ``jax.value_and_grad``, ``jax.jit`` over batch-size buckets, per-image random numbers.
 
 No TensorFlow is imported: the input pipeline, the one-device strategy and
 the TensorBoard scalars come from :mod:`robust.backend.common`.
@@ -115,47 +115,60 @@ def to_numpy(x) -> np.ndarray:
 
 # ------------------------------------------------------------ random numbers
 
-def _stream(seed_and_index):
-    return jax.random.fold_in(jax.random.PRNGKey(seed_and_index[0]), seed_and_index[1])
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """The "lowbias32" integer finaliser on uint32 (multiplication wraps mod 2**32, as the hash needs)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
 
 
 class Rng:
-    """Per-image random numbers inside compiled code: one ``jax.random`` key per image.
+    """Per-image random numbers inside compiled code: a counter-based hash of (key, draw, element).
 
-    ``keys`` is ``(batch, 2)`` int32, one ``(seed, image index)`` per image;
-    image ``i``'s key is the index folded into the seed's key. Every draw
-    and every :meth:`fold` derives new keys per image (``vmap``), so an image
-    gets the same numbers at any batch size. The numbers differ from the
-    TensorFlow backend's (a different generator), not their distribution.
+    ``keys`` is ``(batch, 2)`` int32, one ``(seed, image index)`` per image.
+    Row ``i`` of every draw depends only on ``keys[i]``, the draw's position
+    and :meth:`fold` values, so an image gets the same numbers at any batch
+    size. It is the TensorFlow and PyTorch backends' hash in uint32
+    arithmetic, so every backend draws the same numbers: a random-start PGD
+    gives the same images under each.
     """
 
-    def __init__(self, keys, _keys=None):
-        self._keys = jax.vmap(_stream)(jnp.asarray(keys, jnp.uint32)) if _keys is None else _keys
-        self._count = 0
+    def __init__(self, keys, _streams=None):
+        if _streams is None:
+            keys = jnp.asarray(keys).astype(jnp.uint32)
+            _streams = _mix32(_mix32(keys[:, 0]) + keys[:, 1] * jnp.uint32(0x9E3779B1))
+        self._streams, self._count = _streams, 0
 
     def fold(self, value) -> "Rng":
         """An independent stream for ``value`` (a restart index, a step)."""
-        value = jnp.asarray(value, jnp.uint32)
-        return Rng(None, jax.vmap(lambda k: jax.random.fold_in(jax.random.split(k)[0], value))(self._keys))
+        value = jnp.asarray(value).astype(jnp.uint32)
+        return Rng(None, _mix32(self._streams + _mix32(value + jnp.uint32(0x632BE5AB))))
 
-    def _draw_keys(self):
+    def _bits(self, shape):
         self._count += 1
-        count = self._count
-        return jax.vmap(lambda k: jax.random.fold_in(jax.random.split(k)[1], count))(self._keys)
+        shape = tuple(int(d) for d in shape)
+        per_image = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        element = jnp.arange(per_image, dtype=jnp.uint32)
+        draw = _mix32(self._streams + jnp.uint32((self._count * 0x85EBCA77) & _MASK32))
+        return _mix32(draw[:, None] + _mix32(element)[None, :]).reshape(shape)
 
     def uniform(self, shape, minval=0.0, maxval=1.0):
-        rest = tuple(int(d) for d in shape[1:])
-        unit = jax.vmap(lambda k: jax.random.uniform(k, rest))(self._draw_keys())
+        unit = (self._bits(shape) >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
         return minval + unit * (maxval - minval)
 
     def normal(self, shape):
-        rest = tuple(int(d) for d in shape[1:])
-        return jax.vmap(lambda k: jax.random.normal(k, rest))(self._draw_keys())
+        # Box-Muller from two independent uniform draws; 1 - u keeps the logarithm finite.
+        u1, u2 = 1.0 - self.uniform(shape), self.uniform(shape)
+        return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * np.pi * u2)
 
     def integers(self, shape, low: int, high: int):
         """Integers in ``[low, high)``."""
-        rest = tuple(int(d) for d in shape[1:])
-        return jax.vmap(lambda k: jax.random.randint(k, rest, low, high, dtype=jnp.int32))(self._draw_keys())
+        return int(low) + (self._bits(shape) % jnp.uint32(int(high) - int(low))).astype(jnp.int32)
 
 
 # ------------------------------------------------------ devices and training
