@@ -453,7 +453,7 @@ def _probe(model, input_shape, value_range, declared: str | None, what: str) -> 
     x = np.random.default_rng(0).uniform(lo, hi, size=(_PROBE_SIZE, *shape)).astype(np.float32)
     try:
         out = model(x, training=False)
-        out = np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float64)
+        out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)  # any backend (torch: detached)
     except Exception as exc:
         raise RobustError(f"{what} fails on a batch of {_PROBE_SIZE} random images of shape {shape} in "
                           f"[{lo:g}, {hi:g}]: {type(exc).__name__}: {_first_line(exc)}") from exc

@@ -22,6 +22,12 @@ Primitives every backend module provides:
 * ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
   each batch and updates the weights in one compiled step.
 
+Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.jax`,
+:mod:`robust.backend.torch`;
+:mod:`robust.backend.common` holds what the backends without ``tf.data``,
+``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
+so the JAX and PyTorch paths never import TensorFlow.
+
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
 so one kernel serves every weight update), :func:`image_keys` and
@@ -31,40 +37,39 @@ so one kernel serves every weight update), :func:`image_keys` and
 from __future__ import annotations
 
 import contextlib
+import importlib
 import platform
 from typing import Sequence
 
 import keras
 import numpy as np
 
+from robust import BACKENDS
 from robust.errors import RobustError
-
-#: Backends that have a module in this package.
-BACKENDS = ("tensorflow",)
 
 NAME = keras.backend.backend()
 
-if NAME == "tensorflow":
-    from robust.backend.tensorflow import (  # noqa: F401
-        GRADIENT_ERRORS,
-        Rng,
-        ScalarWriter,
-        adversarial_model,
-        backend_versions,
-        compile,
-        device,
-        distribution,
-        pipeline,
-        spec,
-        tensor,
-        to_numpy,
-        value_and_grad,
-    )
-else:
+if NAME not in BACKENDS:
     raise RobustError(
-        f"Keras is running on the {NAME!r} backend (KERAS_BACKEND), which robust does not support yet. "
-        f"Supported backends: {', '.join(BACKENDS)}. Set KERAS_BACKEND=tensorflow."
+        f"Keras is running on the {NAME!r} backend (KERAS_BACKEND or ~/.keras/keras.json), which robust does "
+        f"not support. Supported backends: {', '.join(BACKENDS)}; set KERAS_BACKEND to one of them."
     )
+
+_module = importlib.import_module(f"robust.backend.{NAME}")
+GRADIENT_ERRORS = _module.GRADIENT_ERRORS
+Rng = _module.Rng
+ScalarWriter = _module.ScalarWriter
+backend_versions = _module.backend_versions
+compile = _module.compile
+device = _module.device
+distribution = _module.distribution
+pipeline = _module.pipeline
+spec = _module.spec
+tensor = _module.tensor
+to_numpy = _module.to_numpy
+value_and_grad = _module.value_and_grad
+#: The compiled adversarial train step; only the TensorFlow module has one so far (None elsewhere).
+adversarial_model = getattr(_module, "adversarial_model", None)
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -155,18 +155,27 @@ def distribution(gpus: int) -> tuple[str, Any]:
     return f"MirroredStrategy ({gpus} replicas)", tf.distribute.MirroredStrategy()
 
 
-def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
-    """A tf.data pipeline of (images, labels) batches; reshuffled every epoch when ``shuffle_seed`` is set.
+def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_seed: int | None = None):
+    """A tf.data pipeline of (images, labels) batches (images only when ``y`` is ``None``).
 
-    Indices are shuffled and batched, then each batch is gathered from the
-    arrays held once in host memory, so no shuffle buffer copies the images.
+    Reshuffled every epoch when ``shuffle_seed`` is set. Indices are shuffled
+    and batched, then each batch is gathered from the arrays held once in
+    host memory, so no shuffle buffer copies the images.
     """
     with tf.device("/cpu:0"):
-        xs, ys = tf.constant(x), tf.constant(np.asarray(y, dtype=np.int32))
+        xs = tf.constant(x)
+        ys = None if y is None else tf.constant(np.asarray(y, dtype=np.int32))
     ds = tf.data.Dataset.range(len(x))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)),
+
+    def images(i):
+        return tf.gather(xs, i)
+
+    def images_and_labels(i):
+        return tf.gather(xs, i), tf.gather(ys, i)
+
+    ds = ds.batch(batch_size).map(images if ys is None else images_and_labels,
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

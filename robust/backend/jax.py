@@ -1,0 +1,203 @@
+"""The JAX backend: ``jax.value_and_grad``, ``jax.jit`` over batch-size buckets, per-image random numbers.
+
+No TensorFlow is imported: the input pipeline, the one-device strategy and
+the TensorBoard scalars come from :mod:`robust.backend.common`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter  # noqa: F401
+
+#: An operation without a differentiation rule raises this while tracing.
+GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
+
+
+def value_and_grad(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any, Any]]:
+    """Wrap ``fn(x, *args) -> (values, aux)`` into ``g(x, *args) -> (values, d sum(values)/dx, aux)``.
+
+    ``values`` holds one number per example; as examples do not interact
+    (the model runs in inference mode), the gradient of their sum is each
+    example's own gradient. Unlike TensorFlow, JAX never reports a missing
+    gradient: where ``values`` does not depend differentiably on ``x``
+    (an argmax, a rounding) the gradient is zeros, which
+    :func:`robust.gradients.check_gradients` refuses as "exactly zero".
+    """
+
+    def wrapped(x, *args):
+        def total(xt):
+            values, aux = fn(xt, *args)
+            return jnp.sum(values), (values, aux)
+
+        (_, (values, aux)), grad = jax.value_and_grad(total, has_aux=True)(x)
+        return values, grad, aux
+
+    return wrapped
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """The shape (``None`` for the batch axis) and dtype of one argument of a compiled function."""
+
+    shape: tuple
+    dtype: str
+
+
+def spec(shape, dtype="float32") -> Spec:
+    """The signature entry of a compiled function's argument."""
+    return Spec(tuple(shape), jnp.dtype(dtype).name)
+
+
+class Compiled:
+    """``jax.jit(fn)`` that serves every batch size from a few compiled ones.
+
+    ``jax.jit`` compiles once per input shape. Arguments whose signature has
+    a ``None`` batch axis are padded (by repeating their last row, so every
+    padded row is a valid input) up to a bucket, and outputs whose first axis
+    is the bucket are cut back. The bucket is the smallest size already
+    compiled that holds the batch, else the batch size itself: the full
+    batches compile once and the last, smaller batch reuses them. On CPU,
+    XLA takes seconds to compile a LeNet-5 attack loop and a fraction of a
+    second to run a padded batch, so padding wins over compiling a new size.
+    Examples must not interact, as in every attack kernel.
+
+    Attributes:
+        sizes: the batch sizes compiled so far.
+    """
+
+    def __init__(self, fn: Callable, signature: list):
+        self._jitted = jax.jit(fn)
+        self._signature = signature
+        self._batched = [i for i, s in enumerate(signature) if isinstance(s, Spec) and s.shape[:1] == (None,)]
+        self.sizes: set[int] = set()
+
+    def _bucket(self, n: int) -> int:
+        fits = [s for s in self.sizes if s >= n]
+        if fits:
+            return min(fits)
+        self.sizes.add(n)
+        return n
+
+    def __call__(self, *args):
+        args = [jnp.asarray(a, s.dtype) if isinstance(s, Spec) else a for a, s in zip(args, self._signature)]
+        if not self._batched:
+            return self._jitted(*args)
+        n = int(args[self._batched[0]].shape[0])
+        size = self._bucket(n)
+        if size == n:
+            return self._jitted(*args)
+        for i in self._batched:
+            a = args[i]
+            args[i] = jnp.pad(a, [(0, size - n)] + [(0, 0)] * (a.ndim - 1), mode="edge")
+        out = self._jitted(*args)
+        return jax.tree_util.tree_map(lambda o: o[:n] if o.ndim and o.shape[0] == size else o, out)
+
+
+def compile(fn: Callable, signature: list) -> Compiled:
+    """``fn`` as one ``jax.jit`` function; a ``None`` batch axis serves all batch sizes (see :class:`Compiled`)."""
+    return Compiled(fn, signature)
+
+
+def tensor(x, dtype="float32"):
+    return jnp.asarray(x, dtype=jnp.dtype(dtype))
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.asarray(x)
+
+
+# ------------------------------------------------------------ random numbers
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """The "lowbias32" integer finaliser on uint32 (multiplication wraps mod 2**32, as the hash needs)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+class Rng:
+    """Per-image random numbers inside compiled code: a counter-based hash of (key, draw, element).
+
+    ``keys`` is ``(batch, 2)`` int32, one ``(seed, image index)`` per image.
+    Row ``i`` of every draw depends only on ``keys[i]``, the draw's position
+    and :meth:`fold` values, so an image gets the same numbers at any batch
+    size. It is the TensorFlow and PyTorch backends' hash in uint32
+    arithmetic, so every backend draws the same numbers: a random-start PGD
+    gives the same images under each.
+    """
+
+    def __init__(self, keys, _streams=None):
+        if _streams is None:
+            keys = jnp.asarray(keys).astype(jnp.uint32)
+            _streams = _mix32(_mix32(keys[:, 0]) + keys[:, 1] * jnp.uint32(0x9E3779B1))
+        self._streams, self._count = _streams, 0
+
+    def fold(self, value) -> "Rng":
+        """An independent stream for ``value`` (a restart index, a step)."""
+        value = jnp.asarray(value).astype(jnp.uint32)
+        return Rng(None, _mix32(self._streams + _mix32(value + jnp.uint32(0x632BE5AB))))
+
+    def _bits(self, shape):
+        self._count += 1
+        shape = tuple(int(d) for d in shape)
+        per_image = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        element = jnp.arange(per_image, dtype=jnp.uint32)
+        draw = _mix32(self._streams + jnp.uint32((self._count * 0x85EBCA77) & _MASK32))
+        return _mix32(draw[:, None] + _mix32(element)[None, :]).reshape(shape)
+
+    def uniform(self, shape, minval=0.0, maxval=1.0):
+        unit = (self._bits(shape) >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+        return minval + unit * (maxval - minval)
+
+    def normal(self, shape):
+        # Box-Muller from two independent uniform draws; 1 - u keeps the logarithm finite.
+        u1, u2 = 1.0 - self.uniform(shape), self.uniform(shape)
+        return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * np.pi * u2)
+
+    def integers(self, shape, low: int, high: int):
+        """Integers in ``[low, high)``."""
+        return int(low) + (self._bits(shape) % jnp.uint32(int(high) - int(low))).astype(jnp.int32)
+
+
+# ------------------------------------------------------ devices and training
+
+def device() -> dict[str, Any]:
+    """The devices this backend computes on: ``{"description", "gpus", "names"}``."""
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return {"description": f"CPU ({cores} cores)", "gpus": 0, "names": []}
+    names = [getattr(d, "device_kind", str(d)) for d in gpus]
+    return {"description": f"GPU x{len(gpus)} ({', '.join(sorted(set(names)))})", "gpus": len(gpus), "names": names}
+
+
+def backend_versions() -> dict[str, str]:
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+def distribution(gpus: int) -> tuple[str, Any]:
+    """``(name, strategy)``: one device as it is, several GPUs data-parallel (Keras's ``DataParallel``)."""
+    if gpus <= 1:
+        return "default (one device)", OneDevice()
+    import keras
+
+    return f"DataParallel ({gpus} replicas)", keras.distribution.DataParallel()
+
+
+def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_seed: int | None = None):
+    """Batches of ``(images, labels)`` (images only when ``y`` is ``None``), reshuffled per epoch with a seed."""
+    return ArrayBatches(x, y, batch_size, shuffle_seed=shuffle_seed)
