@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import time
 import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """The shape (``None`` for the batch axis) and dtype of one argument of a compiled function."""
+
+    shape: tuple
+    dtype: str
 
 
 class ArrayBatches(keras.utils.PyDataset):

@@ -6,7 +6,6 @@ the TensorBoard scalars come from :mod:`robust.backend.common`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter  # noqa: F401
+from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
 
 #: An operation without a differentiation rule raises this while tracing.
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
@@ -40,14 +39,6 @@ def value_and_grad(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[An
         return values, grad, aux
 
     return wrapped
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """The shape (``None`` for the batch axis) and dtype of one argument of a compiled function."""
-
-    shape: tuple
-    dtype: str
 
 
 def spec(shape, dtype="float32") -> Spec:

@@ -10,7 +10,6 @@ TensorBoard scalars come from :mod:`robust.backend.common`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import torch
 
-from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter  # noqa: F401
+from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
 
 #: An operation without a derivative raises this when the gradient is taken.
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
@@ -45,14 +44,6 @@ def value_and_grad(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[An
         return values.detach(), grad, (None if aux is None else torch.utils._pytree.tree_map(detach, aux))
 
     return wrapped
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """The shape (``None`` for the batch axis) and dtype of one argument of a kernel."""
-
-    shape: tuple
-    dtype: str
 
 
 def spec(shape, dtype="float32") -> Spec:
