@@ -60,3 +60,10 @@ def mnist_test_batch(mnist):
 
     idx = balanced_indices(mnist.y_test, 500, seed=1)
     return mnist.x_test[idx], mnist.y_test[idx].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def batch(mnist_test_batch):
+    """The first 200 of those images: the attack tests' batch (modules that need another size define their own)."""
+    x, y = mnist_test_batch
+    return x[:200], y[:200]

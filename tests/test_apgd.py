@@ -16,15 +16,6 @@ from robust.attacks.apgd import checkpoints, halving, halving_decisions
 from robust.errors import RobustError
 from robust.gradients import dlr, targeted_dlr
 
-N = 200
-
-
-@pytest.fixture(scope="module")
-def batch(mnist_test_batch):
-    x, y = mnist_test_batch
-    return x[:N], y[:N]
-
-
 def predict(model, x):
     return np.argmax(model.predict(x, verbose=0, batch_size=256), axis=1)
 

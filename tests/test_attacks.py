@@ -13,20 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robust import backend
 from robust.attacks import FGSM, PGD, Attack, FoolingImages, attack_registry, get_attack
 from robust.errors import RobustError
 from robust.evaluation import evaluate_attack
 from robust.gradients import cache_size, check_gradients, input_gradient, model_logits, saliency_map
-
-N = 200
-
-
-@pytest.fixture(scope="module")
-def batch(mnist_test_batch):
-    x, y = mnist_test_batch
-    return x[:N], y[:N]
-
 
 @pytest.fixture(scope="module")
 def art_classifier(trained_lenet):
