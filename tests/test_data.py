@@ -97,6 +97,42 @@ def test_shipped_subset_is_the_offline_fallback(no_keras):
     assert np.bincount(ds.y_train).tolist() == [600] * 10
 
 
+def _fake_keras_loader(monkeypatch, mnist, *, online: bool):
+    """keras.datasets.mnist.load_data as Keras behaves: it announces the download, then fails or shows progress."""
+    import keras
+
+    def load_data():
+        print("Downloading data from https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz")
+        if not online:
+            raise Exception("URL fetch failure on https://storage.googleapis.com/...: [Errno -2] Name or service "
+                            "not known")
+        print("11490434/11490434 ━━━━━━━━━━━━━━━━━━━━ 1s 0us/step")
+        x, y = np.rint(mnist.x_train[:20, ..., 0] * 255).astype(np.uint8), mnist.y_train[:20]
+        return (x, y), (x[:10], y[:10])
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
+    monkeypatch.delenv("ROBUST_DATA_DIR", raising=False)
+
+
+def test_failed_download_is_one_line_naming_the_source_used(monkeypatch, mnist, capsys):
+    _fake_keras_loader(monkeypatch, mnist, online=False)
+    ds = load_dataset("mnist")
+    out, err = capsys.readouterr()
+    assert "Downloading" not in out + err  # the announcement of a download that never happened is held back
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("robust: could not load or download mnist") and "Name or service not known" in lines[0]
+    assert f"using {ds.source} instead" in lines[0] and "shipped" in ds.source
+
+
+def test_successful_download_shows_keras_progress(monkeypatch, mnist, capsys):
+    _fake_keras_loader(monkeypatch, mnist, online=True)
+    ds = load_dataset("mnist")
+    out, err = capsys.readouterr()
+    assert "Downloading data from" in out and "0us/step" in out and "robust:" not in err
+    assert ds.source.startswith("keras.datasets.mnist") and len(ds.x_train) == 20
+
+
 def test_no_source_lists_what_was_tried(no_keras, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUST_DATA_DIR", str(tmp_path))
     with pytest.raises(RobustError) as err:

@@ -16,9 +16,12 @@ When none works, one :class:`~robust.RobustError` lists what was tried.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import io
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import numpy as np
 from robust.errors import RobustError, known_names
 
 ENV_DATA_DIR = "ROBUST_DATA_DIR"
+SHIPPED_MNIST = "mnist_subset.npz"  # see SOURCE.md beside it
 MAX_SEED = 2**32 - 1  # np.random.seed and keras.utils.set_random_seed take no more
 
 
@@ -147,11 +151,13 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
         return _finish(info, arrays, f"keras.datasets.{name} (cache or download)").limited(limit, seed)
     except Exception as exc:  # any failure of the Keras loader means: try the next source
         tried.append(f"keras.datasets.{name}.load_data(): {_first_line(exc)}")
+        failure = _first_line(exc)
 
     if name == "mnist":
-        with resources.as_file(resources.files(__package__) / "mnist_subset.npz") as shipped:
-            arrays = _read_npz(shipped)
-        return _finish(info, arrays, "the MNIST subset shipped with robust (6000 train / 1000 test)").limited(limit, seed)
+        shipped = _shipped_mnist()
+        print(f"robust: could not load or download {name} with keras.datasets ({failure}); "
+              f"using {shipped.source} instead.", file=sys.stderr, flush=True)
+        return shipped.limited(limit, seed)
 
     raise RobustError(
         f"No source has the {name!r} data. Tried: " + "; ".join(tried) + ". "
@@ -162,15 +168,47 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
     )
 
 
+def _shipped_mnist() -> Dataset:
+    with resources.as_file(resources.files(__package__) / SHIPPED_MNIST) as path:
+        arrays = _read_npz(path)
+    (x_train, _), (x_test, _) = arrays
+    return _finish(DATASETS["mnist"], arrays,
+                   f"the MNIST images shipped with robust ({len(x_train)} train / {len(x_test)} test)")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
+class _HeldAnnouncement(io.TextIOBase):
+    """Stdout for the Keras loader that holds back its "Downloading data from ..." line.
+
+    The line reaches the real stdout only once the download shows progress, so
+    an offline machine does not see a download announced that never happens.
+    """
+
+    def __init__(self, target):
+        self.target, self.held, self.passing = target, "", False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.target.write(text)
+        self.held += text
+        if self.held.count("\n") > 1 or (self.held.endswith("\n") and not self.held.startswith("Downloading")):
+            self.passing = True
+            self.target.write(self.held)
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 def _from_keras(name: str):
     import keras
 
-    return getattr(keras.datasets, name).load_data()
+    with contextlib.redirect_stdout(_HeldAnnouncement(sys.stdout)):
+        return getattr(keras.datasets, name).load_data()
 
 
 def _read_npz(path: Path):
