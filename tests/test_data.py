@@ -90,11 +90,14 @@ def test_cifar_batch_folder(tmp_path, no_keras):
     assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
 
 
-def test_shipped_subset_is_the_offline_fallback(no_keras):
+def test_shipped_mnist_is_the_offline_fallback_and_all_of_mnist(no_keras, mnist):
     ds = load_dataset("mnist")
     assert "shipped" in ds.source
-    assert ds.x_train.shape == (6000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
-    assert np.bincount(ds.y_train).tolist() == [600] * 10
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    # the same images and labels as the full Keras-layout file the tests use
+    np.testing.assert_array_equal(ds.x_train[::997], mnist.x_train[::997])
+    np.testing.assert_array_equal(ds.y_test, mnist.y_test)
+    assert load_dataset("mnist", limit=500).x_test.shape == (500, 28, 28, 1)
 
 
 def _fake_keras_loader(monkeypatch, mnist, *, online: bool):

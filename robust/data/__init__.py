@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import lzma
 import os
 import sys
 from importlib import resources
@@ -30,7 +31,7 @@ import numpy as np
 from robust.errors import RobustError, known_names
 
 ENV_DATA_DIR = "ROBUST_DATA_DIR"
-SHIPPED_MNIST = "mnist_subset.npz"  # see SOURCE.md beside it
+SHIPPED_MNIST = "mnist.npz.xz"  # see SOURCE.md beside it
 MAX_SEED = 2**32 - 1  # np.random.seed and keras.utils.set_random_seed take no more
 
 
@@ -169,8 +170,10 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
 
 
 def _shipped_mnist() -> Dataset:
-    with resources.as_file(resources.files(__package__) / SHIPPED_MNIST) as path:
-        arrays = _read_npz(path)
+    """The MNIST images inside the package: an xz-compressed Keras-layout .npz (``make_shipped.py``)."""
+    packed = (resources.files(__package__) / SHIPPED_MNIST).read_bytes()
+    with np.load(io.BytesIO(lzma.decompress(packed)), allow_pickle=False) as f:
+        arrays = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
     (x_train, _), (x_test, _) = arrays
     return _finish(DATASETS["mnist"], arrays,
                    f"the MNIST images shipped with robust ({len(x_train)} train / {len(x_test)} test)")
