@@ -146,21 +146,20 @@ class RayMapper:
 
     def _ship(self, cell) -> tuple:
         """Object-store references to the cell's data and model files, each put once per run."""
-        from robust.cells import DataRef, study_data
+        from robust.cells import ModelRef, study_data
 
         ray = _import_ray()
-        ref = cell.data if hasattr(cell, "data") else DataRef(cell.dataset, cell.data_path, cell.train_limit,
-                                                              cell.seed)
+        ref = _data_ref(cell)
         training = not hasattr(cell, "data")  # a TrainCell needs the train split; attack cells only the test split
         key = ("data", ref, training)
         if key not in self._shipped:
             ds = study_data(ref.dataset, ref.data_path, train_limit=ref.train_limit, seed=ref.seed)
             if not training:
                 ds = dataclasses.replace(ds, x_train=ds.x_train[:0], y_train=ds.y_train[:0])
-            self._shipped[key] = (ref, ray.put(ds))
-        model = getattr(cell, "model", None)
+            self._shipped[key] = ray.put(ds)
+        model = getattr(cell, "model", None)  # a TrainCell's model is a zoo name: nothing to ship
         files = None
-        if model is not None and os.path.exists(model.ref):
+        if isinstance(model, ModelRef) and os.path.exists(model.ref):
             path = Path(model.ref)
             key = ("model", str(path.resolve()), _stamp(path))
             if key not in self._shipped:
@@ -213,12 +212,24 @@ def _model_files(path: Path) -> tuple[str, dict[str, bytes]]:
 
 # ---------------------------------------------------------------- on a worker
 
-def _run_task(fn: Callable, cell, data: tuple, model_files: tuple | None):
-    """What a Ray task runs: take the shipped data and model files, then compute the pure cell function."""
+def _data_ref(cell):
+    """The data a cell names (a TrainCell names it field by field)."""
+    from robust.cells import DataRef
+
+    if hasattr(cell, "data"):
+        return cell.data
+    return DataRef(cell.dataset, cell.data_path, cell.train_limit, cell.seed)
+
+
+def _run_task(fn: Callable, cell, dataset, model_files: tuple | None):
+    """What a Ray task runs: take the shipped data and model files, then compute the pure cell function.
+
+    ``dataset`` and ``model_files`` arrive as top-level arguments, so Ray hands over the values behind
+    the driver's object references (numpy arrays without a copy on the worker's machine).
+    """
     from robust.cells import provide_data
 
-    ref, dataset = data
-    provide_data(ref, dataset)
+    provide_data(_data_ref(cell), dataset)
     if model_files is not None:
         local = _materialize(*model_files)
         cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, ref=str(local)))
