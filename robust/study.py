@@ -98,12 +98,12 @@ def _record_name(model_key: str, attack_key: str, eps: float) -> str:
     return f"{model_key}__{attack_key}__eps{eps:.6f}.json"
 
 
-def _map(fn: Callable, cells: list) -> Iterator[tuple]:
+def in_process(fn: Callable, cells: list) -> Iterator[tuple]:
     """The in-process engine: ``(i, fn(cells[i]))`` for each cell, one after the other."""
     return ((i, fn(cell)) for i, cell in enumerate(cells))
 
 
-_map.facts = lambda: {"engine": "in-process"}  # what the report's run facts say about the engine
+in_process.facts = lambda: {"engine": "in-process"}  # what the report's run facts say about the engine
 
 
 @dataclasses.dataclass
@@ -125,7 +125,7 @@ class Study:
     out: Path
     progress: bool = True
     echo: Callable[[str], None] = print
-    mapper: Callable[[Callable, list], Iterator[tuple]] = _map
+    mapper: Callable[[Callable, list], Iterator[tuple]] = in_process
 
     def run(self, *, resume: bool = False, force: bool = False, render: bool = True) -> dict:
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -283,7 +283,7 @@ class Study:
 
     def _facts(self) -> dict:
         """The engine's run facts: ``{"engine": "in-process"}`` or what the mapper's ``facts()`` says."""
-        return getattr(self.mapper, "facts", _map.facts)()
+        return getattr(self.mapper, "facts", in_process.facts)()
 
     def close(self) -> None:
         if self._bar is not None:

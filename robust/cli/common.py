@@ -267,9 +267,9 @@ def study_mapper(ray_address: str | None, shard_size: int | None):
     if ray_address is None:
         if shard_size is not None:
             raise RobustError(f"--shard-size {shard_size} splits attacks into Ray tasks; it needs --ray.")
-        from robust.study import _map
+        from robust.study import in_process
 
-        return contextlib.nullcontext(_map)
+        return contextlib.nullcontext(in_process)
     if ray_address.endswith(".toml") or os.path.isfile(ray_address):
         raise RobustError(f"--ray takes an optional cluster address, and received {ray_address!r}, which looks like "
                           "a file: put the spec before --ray (robust run SPEC --ray), or give an address such as "
