@@ -249,3 +249,22 @@ def test_shard_size_without_ray_and_a_spec_after_ray_are_refused(spec_file, tmp_
     assert res.exit_code == 2 and "needs --ray" in res.output
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "b"), "--ray", str(spec_file)])
     assert res.exit_code == 2 and "put the spec before --ray" in res.output
+
+
+def test_shards_merge_to_exactly_the_whole_cell(trained_lenet, tmp_path, data_dir):
+    """Without Ray: what the engine does with an attack cell (shards, then merge) equals the cell in one piece."""
+    from robust.cells import AttackCell, DataRef, ModelRef, attack_results, merge_shards, run_cell
+
+    path = tmp_path / "lenet.keras"
+    trained_lenet.save(path)
+    cell = AttackCell(model_key="lenet", model=ModelRef(str(path)), data=DataRef("mnist", None, None, 0),
+                      attack="pgd", attack_key="pgd", params=(("steps", 5),), eps=(0.0, 0.05, 0.1, 0.3),
+                      indices=tuple(range(0, 3000, 25)), seed=7)
+    shards = cell.shards(50)
+    assert [len(s.indices) for s in shards] == [50, 50, 20]
+    whole = [{k: v for k, v in r.items() if k != "seconds"} for r in run_cell(cell).rows]
+    merged = [{k: v for k, v in r.items() if k != "seconds"}
+              for r in merge_shards(cell, [attack_results(s) for s in shards]).rows]
+    assert merged == whole
+    assert [r["n"] for r in merged] == [120] * 4
+    assert whole[-1]["adversarial_accuracy"] < whole[0]["clean_accuracy"]
