@@ -76,6 +76,7 @@ class RayMapper:
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise RobustError(f"The Ray shard size is a number of test images, at least 1; received "
                               f"{self.shard_size!r}.")
+        _import_ray()  # not installed: said now, before the study loads anything
         self._shipped: dict = {}
         self._connected = False
 

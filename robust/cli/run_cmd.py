@@ -35,11 +35,11 @@ def run_command(spec, out_dir, resume, force, no_progress, ray_address, shard_si
     if resume and force:
         raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
                           "--force throws it away. Pass one of them.")
+    engine = study_mapper(ray_address, shard_size)  # Ray missing is said before anything is loaded
     parsed = load_spec(spec)
     out = out_dir or Path("reports") / parsed.name
     check_resume(out, resume)
     check_writable(out, what="--out" if out_dir else "the run folder")
-    engine = study_mapper(ray_address, shard_size)
     ready = _ready_models(parsed)
     click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
     with reuse(*ready), engine as mapper:  # ready models loaded and checked once, before anything trains
