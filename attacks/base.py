@@ -137,6 +137,44 @@ class AttackResult:
             merged = _take(merged, other, take, number)
         return merged
 
+    @classmethod
+    def concatenate(cls, parts: Sequence["AttackResult"]) -> "AttackResult":
+        """One result over the images of ``parts`` in order: shards of one attack run, merged exactly.
+
+        Per-image fields are concatenated; ``seconds`` add up; counts in ``details`` add up and
+        lists in it are united. The parts must come from the same attack at the same eps.
+        """
+        if not parts:
+            raise RobustError("AttackResult.concatenate needs at least one result; received none.")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.attack, part.norm, part.eps, part.labels_from) != (first.attack, first.norm, first.eps,
+                                                                       first.labels_from):
+                raise RobustError(f"AttackResult.concatenate: parts of one attack at one eps expected; received "
+                                  f"{first.attack} eps={first.eps} and {part.attack} eps={part.eps}.")
+        per_image = ("x_adv", "labels", "clean_pred", "adv_pred", "clean_confidence", "adv_confidence",
+                     "perturbation", "score", "indices", "attacked", "source")
+        joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in per_image}
+        if first.target is not None:
+            joined["target"] = np.concatenate([p.target for p in parts])
+        details = first.details
+        for part in parts[1:]:
+            details = _merge_details(details, part.details)
+        return dataclasses.replace(first, **joined, seconds=float(sum(p.seconds for p in parts)), details=details)
+
+
+def _merge_details(a, b):
+    """Two shards' ``details``: numbers add up, lists are united in order, dicts merge key by key."""
+    if a is None or b is None:
+        return a if b is None else b
+    if isinstance(a, dict):
+        return {k: _merge_details(a.get(k), b.get(k)) for k in {**a, **b}}
+    if isinstance(a, list):
+        return a + [v for v in b if v not in a]
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return a + b
+    return a
+
 
 _PER_IMAGE = ("x_adv", "adv_pred", "adv_confidence", "perturbation", "score")
 

@@ -60,6 +60,16 @@ class AttackCell:
     seed: int
     batch_size: int = 256
 
+    def shards(self, size: int) -> list["AttackCell"]:
+        """The same cell over consecutive slices of at most ``size`` images (each keeps the whole eps sweep).
+
+        Image ``i`` draws its random numbers from ``(seed, indices[i])`` and the sweep works per image,
+        so :func:`merge_shards` over the shards' :func:`attack_results` gives exactly this cell's rows.
+        """
+        if size < 1:
+            raise RobustError(f"An attack shard holds at least 1 image; received a shard size of {size}.")
+        return [dataclasses.replace(self, indices=self.indices[i:i + size]) for i in range(0, len(self.indices), size)]
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtrasCell:
@@ -90,7 +100,7 @@ class CellResult:
 def run_cell(cell: AttackCell | ExtrasCell) -> CellResult:
     """Compute a cell; a pure function of it (the same rows in any process)."""
     if isinstance(cell, AttackCell):
-        return CellResult(rows=_attack_rows(cell))
+        return merge_shards(cell, [attack_results(cell)])
     if isinstance(cell, ExtrasCell):
         checks, arrays = _extras(cell)
         return CellResult(rows=[], checks=checks, arrays=arrays)
@@ -99,9 +109,29 @@ def run_cell(cell: AttackCell | ExtrasCell) -> CellResult:
 
 # ------------------------------------------------------------------- loading
 
-@functools.lru_cache(maxsize=4)
+#: Datasets handed to this process by an engine (``DataRef`` -> Dataset), read before any file.
+_PROVIDED: dict = {}
+
+
+def provide_data(ref: DataRef, dataset) -> None:
+    """Make :func:`study_data` return ``dataset`` for ``ref`` in this process (a worker given the data).
+
+    An engine that ships the study's data to its workers (:mod:`robust.ray_engine`) calls this, so
+    no worker reads or downloads the dataset itself.
+    """
+    _PROVIDED[ref] = dataset
+
+
 def study_data(dataset: str, data_path: str | None, *, train_limit: int | None, seed: int):
     """The dataset as the study uses it: loaded once per process, the train split cut to ``train_limit``."""
+    provided = _PROVIDED.get(DataRef(dataset, data_path, train_limit, seed))
+    if provided is not None:
+        return provided
+    return _load_study_data(dataset, data_path, train_limit, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_study_data(dataset: str, data_path: str | None, train_limit: int | None, seed: int):
     from robust.data import balanced_indices, load_dataset
 
     ds = load_dataset(dataset, data_path)
@@ -155,13 +185,31 @@ def _test_images(cell) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, float]
 
 # ------------------------------------------------------------------- attacks
 
-def _attack_rows(cell: AttackCell) -> list[dict]:
+def attack_results(cell: AttackCell) -> list:
+    """The cell's sweep as one :class:`~robust.attacks.AttackResult` per eps (ascending), images dropped.
+
+    The adversarial images are left out (``x_adv`` has no columns): the rows need only the
+    per-image predictions and perturbation sizes, and shards travel back to a driver lighter.
+    """
     from robust.evaluation import evaluate_attack
 
     x, y, model, value_range = _test_images(cell)
-    rows = evaluate_attack(model, cell.attack, x, y, list(cell.eps), value_range=value_range, seed=cell.seed,
-                           batch_size=cell.batch_size, indices=np.asarray(cell.indices), **dict(cell.params))
-    return [{"model": cell.model_key, "attack_key": cell.attack_key, **row} for row in rows]
+    results = []
+    evaluate_attack(model, cell.attack, x, y, list(cell.eps), value_range=value_range, seed=cell.seed,
+                    batch_size=cell.batch_size, indices=np.asarray(cell.indices),
+                    on_result=lambda r: results.append(dataclasses.replace(r, x_adv=np.zeros((len(r.labels), 0),
+                                                                                           np.float32))),
+                    **dict(cell.params))
+    return results
+
+
+def merge_shards(cell: AttackCell, parts: list[list]) -> CellResult:
+    """The cell's rows from its shards' :func:`attack_results`, in shard order (one part: the whole cell)."""
+    from robust.attacks import AttackResult
+    from robust.evaluation import summarize
+
+    rows = [summarize(AttackResult.concatenate(per_eps)) for per_eps in zip(*parts)]
+    return CellResult(rows=[{"model": cell.model_key, "attack_key": cell.attack_key, **row} for row in rows])
 
 
 # -------------------------------------------------------------------- extras

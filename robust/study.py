@@ -98,9 +98,12 @@ def _record_name(model_key: str, attack_key: str, eps: float) -> str:
     return f"{model_key}__{attack_key}__eps{eps:.6f}.json"
 
 
-def _map(fn: Callable, cells: list) -> Iterator:
-    """In-process ``map``: the engine that computes cells (results come back in order)."""
-    return map(fn, cells)
+def in_process(fn: Callable, cells: list) -> Iterator[tuple]:
+    """The in-process engine: ``(i, fn(cells[i]))`` for each cell, one after the other."""
+    return ((i, fn(cell)) for i, cell in enumerate(cells))
+
+
+in_process.facts = lambda: {"engine": "in-process"}  # what the report's run facts say about the engine
 
 
 @dataclasses.dataclass
@@ -112,25 +115,29 @@ class Study:
         out: the run folder.
         progress: progress bars on stderr.
         echo: where one-line messages go.
-        mapper: ``mapper(fn, cells)`` yields ``fn(cell)`` for each cell in order; the in-process
-            ``map`` by default (another engine can compute the same cells elsewhere).
+        mapper: ``mapper(fn, cells)`` yields ``(i, fn(cells[i]))`` for each cell, in the order the
+            results become available; in-process by default. Another engine computes the same pure
+            cell functions elsewhere (:class:`robust.ray_engine.RayMapper`: a Ray cluster); its
+            ``facts()`` (if it has one) go into the run facts. The study alone writes.
     """
 
     spec: Spec
     out: Path
     progress: bool = True
     echo: Callable[[str], None] = print
-    mapper: Callable[[Callable, list], Iterator] = _map
+    mapper: Callable[[Callable, list], Iterator[tuple]] = in_process
 
     def run(self, *, resume: bool = False, force: bool = False, render: bool = True) -> dict:
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
-        with run_lock(self.out):
+        self._bar = None
+        with run_lock(self.out), contextlib.closing(self):
             _prepare_folder(self.out, self.spec, resume=resume, force=force)
             data = self._data()
             self.echo(f"Data: {data['dataset'].describe()}")
             self.echo(f"Attacked: {len(data['indices'])} test images (class-balanced, seed {self.spec.seed})")
             self.echo(f"Device: {backend.device()['description']}")
+            self.echo(f"Engine: {self._facts()['engine']}")
             models = self._models(data)
             self._attack_all(models, data)
             results = self.assemble(models, data, started=started, seconds=time.perf_counter() - t0)
@@ -183,16 +190,19 @@ class Study:
             saved = folder / "settings.json"
             card = read_card(folder) if folder.is_dir() else None
             if card and saved.is_file() and json.loads(saved.read_text()).get("hash") == settings_hash(settings):
-                self.echo(f"Model {entry.label}: reusing {folder} (same settings), test accuracy "
+                self._say(f"Model {entry.label}: reusing {folder} (same settings), test accuracy "
                           f"{card['test_accuracy']:.4f}")
                 continue
-            self.echo(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs")
+            self._say(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs")
             todo.append((entry.key, cell, settings))
-        for (key, _, settings), trained in zip(todo, self.mapper(partial(train_cell, progress=self.progress),
-                                                                  [c for _, c, _ in todo])):
+        self._grow_bar(len(todo))
+        # The study's bar counts models as cells; Keras's epoch bars would break its line.
+        for i, trained in self.mapper(partial(train_cell, progress=False), [cell for _, cell, _ in todo]):
+            key, _, settings = todo[i]
             _save_trained(plans[key]["folder"], trained, settings)
-            self.echo(f"Model {plans[key]['entry'].label}: test accuracy {trained.card['test_accuracy']:.4f} "
+            self._say(f"Model {plans[key]['entry'].label}: test accuracy {trained.card['test_accuracy']:.4f} "
                       f"({trained.card['seconds']:.0f} s)")
+            self._bar.update()
         for key, plan in plans.items():
             plan.update(self._describe(plan, data))
         return plans
@@ -207,7 +217,7 @@ class Study:
         if plan["folder"] is not None:
             card, kind = read_card(plan["folder"]), _model_kind(plan["entry"].name)
         else:
-            self.echo(f"Model {plan['entry'].label}: {loaded.describe()}")
+            self._say(f"Model {plan['entry'].label}: {loaded.describe()}")
             card, kind = describe_ready(loaded, data["dataset"]), loaded.kind
         return {"card": card, "kind": kind, "summary": summarize(loaded.model).to_dict()}
 
@@ -230,8 +240,6 @@ class Study:
     # -- computing through the mapper, writing here --------------------------
 
     def _attack_all(self, models: dict, data: dict) -> None:
-        from tqdm.auto import tqdm
-
         from robust.cells import run_cell
 
         attack_cells, extras_cells = self._cells(models, data)
@@ -244,17 +252,42 @@ class Study:
         rows = [(c.model_key, c.attack_key, e) for c in attack_cells for e in c.eps]
         done = sum((records / _record_name(*r)).exists() for r in rows)
         if done:
-            self.echo(f"Resuming: {done} of {len(rows)} attack results already done "
+            self._say(f"Resuming: {done} of {len(rows)} attack results already done "
                       f"({len(attack_cells) - len(todo)} of {len(attack_cells)} model x attack cells complete)")
-        bar = tqdm(total=len(todo) + len(extra), desc="study", unit="cell", disable=not self.progress)
-        for cell, result in zip(todo + extra, self.mapper(run_cell, todo + extra)):
-            bar.set_postfix_str(f"{cell.model_key} {getattr(cell, 'attack_key', 'checks, examples, fooling')}")
+        self._grow_bar(len(todo) + len(extra))
+        for i, result in self.mapper(run_cell, todo + extra):
+            cell = (todo + extra)[i]
+            self._bar.set_postfix_str(f"{cell.model_key} {getattr(cell, 'attack_key', 'checks, examples, fooling')}")
             for row in result.rows:
                 write_json(records / _record_name(row["model"], row["attack_key"], row["eps"]), row)
             if result.checks is not None:
                 self._write_extras(cell.model_key, result)
-            bar.update()
-        bar.close()
+            self._bar.update()
+
+    def _grow_bar(self, cells: int) -> None:
+        """One bar over every cell computed (models trained, attack and extras cells); each stage adds to it."""
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=0, desc="study", unit="cell", disable=not self.progress)
+        self._bar.total += cells
+        self._bar.refresh()
+
+    def _say(self, line: str) -> None:
+        """``echo`` without breaking the bar's line."""
+        if self._bar is None:
+            self.echo(line)
+            return
+        with self._bar.external_write_mode():
+            self.echo(line)
+
+    def _facts(self) -> dict:
+        """The engine's run facts: ``{"engine": "in-process"}`` or what the mapper's ``facts()`` says."""
+        return getattr(self.mapper, "facts", in_process.facts)()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
     def _write_extras(self, key: str, result) -> None:
         (self.out / "arrays").mkdir(exist_ok=True)
@@ -282,6 +315,7 @@ class Study:
                 "seconds": round(seconds, 1),
                 "seed": self.spec.seed,
                 "device": backend.device()["description"],
+                **self._facts(),
                 "versions": backend.versions(),
                 "data": {"dataset": ds.name, "source": ds.source, "train_size": int(len(ds.y_train)),
                          "test_size_total": int(len(ds.y_test)), "attacked": int(len(data["y"])),

@@ -248,3 +248,32 @@ def enforce_fail_under(rows: list[dict], threshold: float | None) -> None:
         raise click.exceptions.Exit(1)
     click.echo(f"PASS: robust accuracy {100 * acc:.1f}% ({where}) is at least --fail-under {100 * threshold:g}%.",
                err=True)
+
+
+def ray_options(func):
+    """``--ray [ADDRESS]`` and ``--shard-size N``: run the study's cells on a Ray cluster (robust run, robust eval)."""
+    func = click.option("--shard-size", "shard_size", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="With --ray: test images per attack task [default: 1000].")(func)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+                        help="Compute the cells as Ray tasks: on the cluster at ADDRESS, else RAY_ADDRESS, else a "
+                             "new local Ray. Needs pip install \"robust[ray]\". Put it after the other arguments.")(func)
+
+
+def study_mapper(ray_address: str | None, shard_size: int | None):
+    """The study's engine as a context manager: in-process without --ray, else a connected RayMapper."""
+    import contextlib
+    import os
+
+    if ray_address is None:
+        if shard_size is not None:
+            raise RobustError(f"--shard-size {shard_size} splits attacks into Ray tasks; it needs --ray.")
+        from robust.study import in_process
+
+        return contextlib.nullcontext(in_process)
+    if ray_address.endswith(".toml") or os.path.isfile(ray_address):
+        raise RobustError(f"--ray takes an optional cluster address, and received {ray_address!r}, which looks like "
+                          "a file: put the spec before --ray (robust run SPEC --ray), or give an address such as "
+                          "host:6379.")
+    from robust.ray_engine import DEFAULT_SHARD_SIZE, RayMapper
+
+    return RayMapper(address=ray_address or None, shard_size=shard_size or DEFAULT_SHARD_SIZE)

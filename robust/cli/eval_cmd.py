@@ -23,6 +23,8 @@ from robust.cli.common import (
     data_options,
     enforce_fail_under,
     fail_under_option,
+    ray_options,
+    study_mapper,
 )
 from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
 from robust.errors import RobustError
@@ -53,8 +55,9 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 @click.option("--force", is_flag=True, help="Start over in a folder that already holds a run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @fail_under_option
+@ray_options
 def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps, value_range, unsafe, no_fooling,
-                 out_dir, resume, force, no_progress, fail_under) -> None:
+                 out_dir, resume, force, no_progress, fail_under, ray_address, shard_size) -> None:
     """Attack and report on a ready model: a .keras file, a `robust train` folder,
     module.path:factory, or a model registered by a plugin.
 
@@ -72,6 +75,7 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
         raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
                           "--force throws it away. Pass one of them.")
     attack_names = _attack_names(attacks, steps)
+    engine = study_mapper(ray_address, shard_size)
     if dataset is not None and dataset not in DATASETS:
         raise RobustError(f"Unknown dataset {dataset!r}. Known datasets: {', '.join(DATASETS)}.")
     if data_path is not None and not Path(data_path).exists():
@@ -103,8 +107,9 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
         check_resume(out, resume)
         check_writable(out, what="the run folder")
     click.echo(f"Evaluating {loaded.name} on {dataset} -> {out}")
-    with reuse(loaded):  # the study loads the model by reference: reuse this one instead of loading it twice
-        results = Study(spec, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+    with reuse(loaded), engine as mapper:  # the study loads the model by reference: reuse this one
+        results = Study(spec, out, progress=not no_progress, echo=click.echo, mapper=mapper).run(resume=resume,
+                                                                                                  force=force)
     enforce_fail_under(results["records"], fail_under)
 
 

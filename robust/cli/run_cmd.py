@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import check_fits, check_resume
+from robust.cli.common import check_fits, check_resume, ray_options, study_mapper
 
 
 @main.command("run")
@@ -18,7 +18,8 @@ from robust.cli.common import check_fits, check_resume
 @click.option("--force", is_flag=True, help="Start over in a folder that already holds a run "
                                             "(trained models with the same settings are still reused).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run_command(spec, out_dir, resume, force, no_progress) -> None:
+@ray_options
+def run_command(spec, out_dir, resume, force, no_progress, ray_address, shard_size) -> None:
     """Train, attack and report: CNNs vs fully connected baselines.
 
     SPEC is a run spec in TOML or a built-in spec name (mnist, cifar10);
@@ -34,14 +35,15 @@ def run_command(spec, out_dir, resume, force, no_progress) -> None:
     if resume and force:
         raise RobustError("--resume and --force contradict each other: --resume keeps finished work, "
                           "--force throws it away. Pass one of them.")
+    engine = study_mapper(ray_address, shard_size)  # Ray missing is said before anything is loaded
     parsed = load_spec(spec)
     out = out_dir or Path("reports") / parsed.name
     check_resume(out, resume)
     check_writable(out, what="--out" if out_dir else "the run folder")
     ready = _ready_models(parsed)
     click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
-    with reuse(*ready):  # loaded and checked once, before anything trains
-        Study(parsed, out, progress=not no_progress, echo=click.echo).run(resume=resume, force=force)
+    with reuse(*ready), engine as mapper:  # ready models loaded and checked once, before anything trains
+        Study(parsed, out, progress=not no_progress, echo=click.echo, mapper=mapper).run(resume=resume, force=force)
 
 
 def _ready_models(spec) -> list:

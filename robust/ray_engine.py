@@ -1,0 +1,257 @@
+"""The Ray engine: a study's cells as Ray tasks on a cluster, results back to the driver, which alone writes.
+
+``robust run SPEC --ray [ADDRESS]`` and ``robust eval ... --ray`` hand
+:class:`RayMapper` to :class:`robust.study.Study` as its ``mapper``: the
+study plans, resumes and writes exactly as in-process; only where the pure
+cell functions run changes.
+
+* A model to train (:class:`robust.training.TrainCell`) is one task; it
+  requests a GPU where the cluster has GPUs.
+* An attack cell (one model x one attack over the eps sweep) is one task per
+  shard of test images; each shard keeps the whole sweep, since later eps
+  reuse what earlier ones broke. Image ``i`` draws its random numbers from
+  ``(seed, index of i)``, so the merged shards give exactly the unsharded rows
+  (:func:`robust.cells.merge_shards`).
+* The data and model files travel through Ray's object store: the driver
+  puts each once, a worker writes a model file into its temp folder (keyed by
+  content) and receives the data in memory, so no worker reads the driver's
+  disk or downloads anything. Models named by ``module:factory`` or a plugin
+  name are code: they must be installed on the workers.
+* A worker that dies has its task retried by Ray (``max_retries``); errors
+  raised by the cell itself (bad input) are not retried and reach the driver.
+
+Ray is imported only here, and only when ``--ray`` is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from robust.errors import RobustError
+
+#: Test images per attack task: a shard big enough that loading the model and compiling the attack
+#: in a worker stay small beside the attack itself.
+DEFAULT_SHARD_SIZE = 1000
+#: How often Ray reruns a task whose worker died (a crash, the out-of-memory killer, a lost node).
+MAX_RETRIES = 3
+
+_INSTALL = 'pip install "robust[ray]"'
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise RobustError(
+            f"--ray needs Ray, which is not installed here ({exc}). Install it with {_INSTALL} (or pip install "
+            "ray) into this environment, on every machine of the cluster, or run without --ray to compute "
+            "everything in this process."
+        ) from None
+    return ray
+
+
+@dataclasses.dataclass
+class RayMapper:
+    """A study mapper that computes cells as Ray tasks; use as a context manager (connects, then disconnects).
+
+    Attributes:
+        address: a running cluster's address (``host:port`` or ``ray://host:port``); ``None``:
+            ``RAY_ADDRESS`` if it is set, else a new local Ray on this machine.
+        shard_size: test images per attack task.
+        max_retries: reruns of a task whose worker died.
+        num_cpus: CPUs of a new local Ray (default: all of this machine's).
+    """
+
+    address: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    max_retries: int = MAX_RETRIES
+    num_cpus: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise RobustError(f"The Ray shard size is a number of test images, at least 1; received "
+                              f"{self.shard_size!r}.")
+        _import_ray()  # not installed: said now, before the study loads anything
+        self._shipped: dict = {}
+        self._connected = False
+
+    # -- connection ----------------------------------------------------------
+
+    def __enter__(self) -> "RayMapper":
+        ray = _import_ray()
+        target = self.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs = {"address": target} if target else {"address": "local", "num_cpus": self.num_cpus,
+                                                     "include_dashboard": False}
+        try:
+            if target:
+                _reachable(target)  # Ray itself keeps retrying an address nobody listens on for minutes
+            ray.init(**kwargs, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError for a bad address
+            where = f"the Ray cluster at {target}" if target else "a new local Ray"
+            source = " (from RAY_ADDRESS)" if target and not self.address else ""
+            raise RobustError(
+                f"--ray: could not connect to {where}{source}: {type(exc).__name__}: {_first_line(exc)}. "
+                "Expected the address of a running cluster's head node, as `ray start --head` prints it "
+                "(host:6379, or ray://host:10001 for Ray Client): start the cluster or correct the address, "
+                "or give --ray without an address (and without RAY_ADDRESS) to start a local Ray."
+            ) from None
+        self._connected = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._connected:
+            _import_ray().shutdown()
+            self._connected = False
+            self._shipped.clear()
+
+    def facts(self) -> dict:
+        """What the report's run facts say: the engine and the cluster's nodes, CPUs and GPUs."""
+        ray = _import_ray()
+        resources = ray.cluster_resources()
+        cluster = {"version": ray.__version__, "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                   "cpus": int(resources.get("CPU", 0)), "gpus": int(resources.get("GPU", 0))}
+        line = (f"Ray {cluster['version']}: {cluster['nodes']} node{'s' * (cluster['nodes'] != 1)}, "
+                f"{cluster['cpus']} CPUs, {cluster['gpus']} GPUs")
+        return {"engine": line, "ray": cluster}
+
+    # -- mapping ---------------------------------------------------------------
+
+    def __call__(self, fn: Callable, cells: list) -> Iterator[tuple]:
+        """Yield ``(i, fn(cells[i]))`` as cells finish on the cluster (the study's mapper contract)."""
+        from robust.cells import AttackCell, attack_results, merge_shards, run_cell
+
+        ray = _import_ray()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(_run_task).options(num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
+        pending, parts = {}, {}
+        for i, cell in enumerate(cells):
+            sharded = fn is run_cell and isinstance(cell, AttackCell)
+            units = [(s, attack_results) for s in cell.shards(self.shard_size)] if sharded else [(cell, fn)]
+            parts[i] = [None] * len(units)
+            for j, (unit, unit_fn) in enumerate(units):
+                data, model = self._ship(unit)
+                pending[task.remote(unit_fn, unit, data, model)] = (i, j)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i, j = pending.pop(done[0])
+            parts[i][j] = _get(ray, done[0])
+            if all(p is not None for p in parts[i]):
+                cell, got = cells[i], parts.pop(i)
+                sharded = fn is run_cell and isinstance(cell, AttackCell)
+                yield i, merge_shards(cell, got) if sharded else got[0]
+
+    def _ship(self, cell) -> tuple:
+        """Object-store references to the cell's data and model files, each put once per run."""
+        from robust.cells import ModelRef, study_data
+
+        ray = _import_ray()
+        ref = _data_ref(cell)
+        training = not hasattr(cell, "data")  # a TrainCell needs the train split; attack cells only the test split
+        key = ("data", ref, training)
+        if key not in self._shipped:
+            ds = study_data(ref.dataset, ref.data_path, train_limit=ref.train_limit, seed=ref.seed)
+            if not training:
+                ds = dataclasses.replace(ds, x_train=ds.x_train[:0], y_train=ds.y_train[:0])
+            self._shipped[key] = ray.put(ds)
+        model = getattr(cell, "model", None)  # a TrainCell's model is a zoo name: nothing to ship
+        files = None
+        if isinstance(model, ModelRef) and os.path.exists(model.ref):
+            path = Path(model.ref)
+            key = ("model", str(path.resolve()), _stamp(path))
+            if key not in self._shipped:
+                self._shipped[key] = ray.put(_model_files(path))
+            files = self._shipped[key]
+        return self._shipped[("data", ref, training)], files
+
+
+def _get(ray, ref):
+    """A task's result; an error the cell raised (bad input) comes back as itself, not wrapped by Ray."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RobustError):
+            raise RobustError(str(cause)) from None
+        raise
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError unless something accepts TCP connections at ``host:port`` (``ray://`` or not)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        if address == "auto":
+            return  # Ray finds the cluster this machine belongs to
+        raise ValueError(f"{address!r} is not host:port")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _stamp(path: Path) -> tuple:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def _model_files(path: Path) -> tuple[str, dict[str, bytes]]:
+    """A model file (``.keras``) or a ``robust train`` folder's files, as bytes for the object store."""
+    if path.is_file():
+        return "file", {path.name: path.read_bytes()}
+    return "folder", {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+# ---------------------------------------------------------------- on a worker
+
+def _data_ref(cell):
+    """The data a cell names (a TrainCell names it field by field)."""
+    from robust.cells import DataRef
+
+    if hasattr(cell, "data"):
+        return cell.data
+    return DataRef(cell.dataset, cell.data_path, cell.train_limit, cell.seed)
+
+
+def _run_task(fn: Callable, cell, dataset, model_files: tuple | None):
+    """What a Ray task runs: take the shipped data and model files, then compute the pure cell function.
+
+    ``dataset`` and ``model_files`` arrive as top-level arguments, so Ray hands over the values behind
+    the driver's object references (numpy arrays without a copy on the worker's machine).
+    """
+    from robust.cells import provide_data
+
+    provide_data(_data_ref(cell), dataset)
+    if model_files is not None:
+        local = _materialize(*model_files)
+        cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, ref=str(local)))
+    return fn(cell)
+
+
+def _materialize(kind: str, files: dict[str, bytes]) -> Path:
+    """The shipped model written once per worker machine, in a folder named by its content."""
+    digest = hashlib.sha256()
+    for name, blob in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(blob).digest())
+    folder = Path(tempfile.gettempdir()) / "robust-ray-models" / digest.hexdigest()[:20]
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".incoming-"))
+        for name, blob in files.items():
+            (staging / name).write_bytes(blob)
+        try:
+            os.rename(staging, folder)  # atomic: another worker on this machine may race us to it
+        except OSError:
+            for p in staging.iterdir():
+                p.unlink()
+            staging.rmdir()
+    return folder / next(iter(files)) if kind == "file" else folder
