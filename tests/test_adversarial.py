@@ -299,3 +299,34 @@ def test_reports_and_models_listing_say_how_each_model_was_trained(adv_run):
     assert "training: adversarial, pgd at L-inf eps 0.1 (2 step(s)" in res.output
     res = CliRunner().invoke(main, ["summary", str(out / "models" / "robust-mlp-pgd-eps-0-1")])
     assert "Training: adversarial, pgd at L-inf eps 0.1" in res.output
+
+
+def _fake_results(conv_acc: float, fc_acc: float, n: int = 500) -> dict:
+    """A results dict as the study writes it: two adversarially trained models and their standard twins."""
+    from robust.report.findings import adversarial_findings  # noqa: F401  (the function under test)
+
+    adv = {"method": "pgd", "eps": 0.3, "steps": 7, "epochs": [{"ratio_to_standard": r} for r in (9.0, 7.5, 8.5)]}
+    models = {}
+    for key, kind, name, acc, seconds in (("cnn", "conv", "cnn_wong", 0.99, 40.0), ("mlp", "fc", "mlp", 0.97, 10.0)):
+        models[key] = {"label": key.upper(), "kind": kind, "name": name, "options": {}, "params": 1000,
+                       "test_accuracy": acc, "train_seconds": seconds, "epochs": 4, "adversarial": None, "ref": None}
+        models[f"{key}-adv"] = {**models[key], "label": f"robust {key.upper()}", "test_accuracy": acc - 0.01,
+                                "train_seconds": seconds * 10, "epochs": 5, "adversarial": adv}
+    records = [{"model": k, "attack_key": a, "eps": 0.3, "n": n,
+                "adversarial_accuracy": {"cnn-adv": conv_acc, "mlp-adv": fc_acc}.get(k, 0.0) + (0.02 if a == "pgd" else 0)}
+               for k in models for a in ("pgd", "auto")]
+    return {"models": models, "records": records}
+
+
+@pytest.mark.parametrize("conv, fc, verdict", [(0.88, 0.60, "survives adversarial training"),
+                                               (0.60, 0.88, "does not survive"),
+                                               (0.80, 0.79, "within measurement noise")])
+def test_findings_judge_the_convnet_advantage_from_the_worst_attack(conv, fc, verdict):
+    from robust.report.findings import adversarial_findings
+
+    lines = adversarial_findings(_fake_results(conv, fc))
+    advantage = next(line for line in lines if line.startswith("At eps 0.3"))
+    assert verdict in advantage and f"{100 * conv:.1f}%" in advantage  # the worst attack (auto), not PGD
+    cost = next(line for line in lines if line.startswith("robust CNN"))
+    assert "costs 1.0 points of clean accuracy (98.0% against 99.0%)" in cost
+    assert "10.0x the training time (400 s for 5 epochs against 40 s for 4" in cost and "8.0x a standard epoch" in cost
