@@ -281,7 +281,7 @@ def _adversarial(table, info, epochs: int, where: str, source: str) -> dict | No
     _check_keys(table, _ADVERSARIAL_KEYS, f"{where}.adversarial", source)
     try:
         config = AdversarialConfig(**table)
-        config.check_for(info.image_shape, (0.0, 1.0), epochs)
+        config.check_for(info.image_shape, (0.0, 1.0), epochs)  # the study's datasets load in [0, 1]
     except RobustError as exc:
         text = re.sub(r" \(--adv-[a-z-]+\)", "", str(exc))  # the spec's keys, not the CLI's options
         raise RobustError(f"Spec {source}: {where}.adversarial: {text}") from None

@@ -154,9 +154,8 @@ class Study:
         return {"dataset": ds, "ref": ref, "indices": tuple(int(i) for i in idx), "y": ds.y_test[idx]}
 
     def _train_cell(self, entry, data) -> tuple:
-        from robust.training import TrainCell
-
         from robust.adversarial import AdversarialConfig
+        from robust.training import TrainCell
 
         cell = TrainCell(model=entry.name, options=tuple(sorted(entry.options.items())), dataset=self.spec.dataset,
                          data_path=self.spec.data_path, train_limit=self.spec.train_limit, epochs=entry.epochs,

@@ -53,6 +53,8 @@ def _capacity_findings(models: dict) -> list[str]:
     fcs = {k: m for k, m in models.items() if m["kind"] == "fc"}
     for ck, c in convs.items():
         for fk, f in fcs.items():
+            if _threat(c) != _threat(f):  # compare architectures trained the same way only
+                continue
             ratio = f["params"] / c["params"]
             gap = c["test_accuracy"] - f["test_accuracy"]
             if abs(ratio - 1) < 0.05:
@@ -158,6 +160,12 @@ def locality_findings(models: dict, learned: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------ adversarial training (issue 8)
+
+def _threat(m: dict) -> tuple | None:
+    """What a model was trained against: (method, norm, eps), or None for standard training."""
+    adv = m.get("adversarial")
+    return (adv["method"], adv["norm"], adv["eps"]) if adv else None
+
 
 def _worst(results: dict, key: str, eps: float) -> tuple[float, str, int] | None:
     """The lowest accuracy any attack left ``key`` at ``eps``: (accuracy, attack, images), or None."""
