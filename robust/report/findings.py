@@ -103,6 +103,9 @@ def _attack_findings(results: dict, models: dict, failing: set) -> list[str]:
         known = {k: v for k, v in halves.items() if v is not None}
         if known:
             most = max(known, key=known.get)
+            never = [k for k in halves if halves[k] is None]
+            if never:  # a model that never falls to half beats every model that does: the best of them
+                most = max(never, key=lambda k: min(r["adversarial_accuracy"] for r in rows[k]))
             out.append(f"{a.upper()} halves the clean accuracy at eps "
                        + ", ".join(f"{v:.3f} for {models[k]['label']}" for k, v in sorted(known.items(),
                                                                                           key=lambda kv: -kv[1]))
