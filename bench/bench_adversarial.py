@@ -146,8 +146,11 @@ def part_study(args):
 
     results = json.load(open(os.path.join(args.study, "results.json")))
     models, records = results["models"], results["records"]
-    print(f"[study] {args.study}: {results['run']['seconds'] / 60:.1f} min wall for the whole study "
-          f"(target < 45 min on 2 cores; shared cores: compare the CPU time of `/usr/bin/time`), "
+    train = sum(m["train_seconds"] or 0 for m in models.values()) / 60
+    attacks = sum(r["seconds"] for r in records) / 60
+    print(f"[study] {args.study}: last invocation {results['run']['seconds'] / 60:.1f} min wall (models it reused "
+          f"are not in it); training of all models {train:.1f} min, attacks {attacks:.1f} min (target: the whole "
+          f"study < 45 min on 2 cores; on shared cores judge by CPU time, `/usr/bin/time -v robust run ...`); "
           f"{results['run']['data']['attacked']} test images attacked")
 
     def worst(key, eps, attacks=None):
