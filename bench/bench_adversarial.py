@@ -10,6 +10,10 @@ Parts (run all, or some with ``--only``):
   Anchors: Wong et al.'s FGSM-RS net 88.8% under PGD-50 x 10 restarts, 82.9% under AutoAttack.
   Until the strong ensemble lands, judge the model with APGD too (``--apgd``: ART's
   ``AutoProjectedGradientDescent`` with the CE and DLR losses, the worst of both per image).
+* ``study``    the targets read from a finished ``robust run mnist-adversarial`` (``--study DIR``): the
+  robust CNN at eps 0.3 (clean, worst attack incl. ``auto``, training minutes), LeNet-5 at eps 0.1
+  under PGD-40, the matched MLPs' numbers, and each PGD-K epoch against a standard epoch.
+* ``judge``    AutoAttack at the reference budget on a saved model (``--model``, ``--eps``, ``--test-images``).
 * ``overhead`` per-epoch wall time of a PGD-K adversarial epoch against a standard epoch of the
   same model, split and batch size (both through ``train``; the first epoch, which traces, is
   left out; median of the rest): target ratio <= (K + 1) x 1.15.
@@ -135,9 +139,73 @@ def part_overhead(args):
     print(f"[overhead] {load()}", flush=True)
 
 
+def part_study(args):
+    """The issue's targets read from a finished `robust run mnist-adversarial` (its results.json)."""
+    import json
+    import statistics as st
+
+    results = json.load(open(os.path.join(args.study, "results.json")))
+    models, records = results["models"], results["records"]
+    train = sum(m["train_seconds"] or 0 for m in models.values()) / 60
+    attacks = sum(r["seconds"] for r in records) / 60
+    print(f"[study] {args.study}: last invocation {results['run']['seconds'] / 60:.1f} min wall (models it reused "
+          f"are not in it); training of all models {train:.1f} min, attacks {attacks:.1f} min (target: the whole "
+          f"study < 45 min on 2 cores; on shared cores judge by CPU time, `/usr/bin/time -v robust run ...`); "
+          f"{results['run']['data']['attacked']} test images attacked")
+
+    def worst(key, eps, attacks=None):
+        rows = [r for r in records if r["model"] == key and abs(r["eps"] - eps) < 1e-9
+                and (attacks is None or r["attack_key"] in attacks)]
+        return min(rows, key=lambda r: r["adversarial_accuracy"]) if rows else None
+
+    def verdict(ok):
+        return "meets" if ok else "MISSES"
+
+    for key, m in models.items():
+        adv = m.get("adversarial")
+        if not adv:
+            continue
+        w, pgd = worst(key, adv["eps"]), worst(key, adv["eps"], {"pgd"})
+        ratios = [e["ratio_to_standard"] for e in adv["epochs"][1:] or adv["epochs"] if e["ratio_to_standard"]]
+        print(f"[study] {m['label']} ({m['name']}, {adv['method']}-{adv['steps']} at eps {adv['eps']:g}): clean "
+              f"{m['test_accuracy']:.4f}; worst attack at eps {adv['eps']:g}: {w['adversarial_accuracy']:.4f} "
+              f"({w['attack_key']}, {w['n']} images); PGD-40 {pgd['adversarial_accuracy']:.4f}; training "
+              f"{m['train_seconds'] / 60:.1f} min; epoch / standard epoch {st.median(ratios):.2f} (median)")
+        if m["name"] != "mlp" and adv["eps"] == 0.3:
+            print(f"[study]   target clean >= {CLEAN_TARGET}: {verdict(m['test_accuracy'] >= CLEAN_TARGET)}; "
+                  f"auto >= {ROBUST_TARGET}: {verdict(w['adversarial_accuracy'] >= ROBUST_TARGET)}; training <= "
+                  f"{MINUTES_TARGET:.0f} min: {verdict(m['train_seconds'] / 60 <= MINUTES_TARGET)}")
+        if m["name"] == "lenet5" and adv["eps"] == 0.1:
+            print(f"[study]   target PGD-40 >= 0.95: {verdict(pgd['adversarial_accuracy'] >= 0.95)}")
+        if adv["method"] == "pgd":
+            target = (adv["steps"] + 1) * OVERHEAD_SLACK
+            print(f"[study]   target epoch ratio <= {target:.2f}: {verdict(st.median(ratios) <= target)}")
+
+
+def part_judge(args):
+    """AutoAttack at the reference budget (APGD-T on 9 classes, Square 5,000 queries) on a saved model."""
+    from robust.artifacts import load_model
+    from robust.attacks import AutoAttack
+    from robust.data import balanced_indices, load_dataset
+
+    model, _ = load_model(args.model)
+    mnist = load_dataset("mnist")
+    idx = balanced_indices(mnist.y_test, args.test_images, args.seed)
+    started, cpu = time.perf_counter(), time.process_time()
+    result = AutoAttack(eps=args.eps, seed=args.seed)(model, mnist.x_test[idx], mnist.y_test[idx], progress=False)
+    print(f"[judge] {args.model}: AutoAttack (reference budget) at eps {args.eps}: {result.adversarial_accuracy:.4f} "
+          f"on {len(idx)} images / target {ROBUST_TARGET} "
+          f"({'meets' if result.adversarial_accuracy >= ROBUST_TARGET else 'MISSES'}); broken by "
+          f"{result.details['broken_by']}; {time.perf_counter() - started:.0f} s wall, "
+          f"{time.process_time() - cpu:.0f} s CPU; {load()}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["robust", "overhead"], action="append")
+    parser.add_argument("--only", choices=["robust", "overhead", "study", "judge"], action="append")
+    parser.add_argument("--study", default="reports/mnist-adversarial", help="a finished mnist-adversarial run")
+    parser.add_argument("--model", default="reports/mnist-adversarial/models/wong-cnn-pgd-eps-0-3",
+                        help="the model the judge part attacks")
     parser.add_argument("--method", choices=["pgd", "fgsm-rs"], default="fgsm-rs")
     parser.add_argument("--eps", type=float, default=0.3)
     parser.add_argument("--steps", type=int, default=10, help="PGD training steps (pgd and the overhead part)")
@@ -152,7 +220,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for part in args.only or ["robust", "overhead"]:
-        {"robust": part_robust, "overhead": part_overhead}[part](args)
+        {"robust": part_robust, "overhead": part_overhead, "study": part_study, "judge": part_judge}[part](args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from robust.errors import RobustError, known_names
 
-BUILTIN_SPECS = ("mnist", "cifar10")
+BUILTIN_SPECS = ("mnist", "cifar10", "mnist-adversarial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ModelEntry:
                                   # name): evaluated as it is, never trained
     value_range: tuple[float, float] | None = None  # the ref model's input range, when not in its metadata
     unsafe: bool = False          # allow a .keras file that carries code
+    adversarial: dict[str, Any] | None = None  # the threat model it is trained against (robust.adversarial.
+                                  # AdversarialConfig's fields, defaults filled in); None: standard training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +73,9 @@ _TOP = {"name", "title", "seed", "data", "training", "models", "attacks", "eps",
 _FOOLING_DEFAULTS = {"enabled": True, "classes": "all", "seeds": 1, "threshold": 0.99, "max_steps": 300,
                      "step_size": None, "l2_decay": 0.0, "blur_every": 0, "jitter": 0}
 _REPORT_DEFAULTS = {"examples": 8, "example_eps": None, "saliency": 6}
-_MODEL_KEYS = {"name", "ref", "label", "options", "epochs", "batch_size", "lr", "value_range", "unsafe"}
+_MODEL_KEYS = {"name", "ref", "label", "options", "epochs", "batch_size", "lr", "value_range", "unsafe",
+               "adversarial"}
+_ADVERSARIAL_KEYS = ("method", "eps", "steps", "step_size", "beta", "norm", "warmup")
 _KEY_CHARS = 48  # folder keys stay short: they name files and folders of the run
 
 
@@ -245,15 +249,51 @@ def _zoo_model(m: dict, training: dict, dataset: str, where: str, source: str) -
         options = check_buildable(name, info.image_shape, len(info.class_names), options)
     except RobustError as exc:
         raise RobustError(f"Spec {source}: {where} (on {dataset}): {exc}") from None
-    label, labelled = _label(m, name + "".join(f" {k}={v}" for k, v in options.items()), where, source)
+    epochs = _int(m.get("epochs", training["epochs"]), f"{where}.epochs", source)
+    adversarial = _adversarial(m.get("adversarial"), info, epochs, where, source)
+    threat = threat_tag(adversarial)
+    label, labelled = _label(m, name + "".join(f" {k}={v}" for k, v in options.items())
+                             + (f" {threat}" if threat else ""), where, source)
     base = _slug(label) if labelled else _slug(name + ("-" + _short_hash(options) if options else ""))
+    base = base or _slug(name) or "model"
+    # The threat model is part of the key (folder, record and array names; resume): a standard and an
+    # adversarially trained LeNet-5 are different models even if their labels hid it.
+    tag = _slug(threat)
+    if threat and not re.search(rf"(^|-){re.escape(tag)}(-|$)", base):
+        base = f"{base[:_KEY_CHARS - len(tag) - 1].strip('-')}-{tag}"
     entry = ModelEntry(
-        name=name, label=label, key="", options=options,
-        epochs=_int(m.get("epochs", training["epochs"]), f"{where}.epochs", source),
+        name=name, label=label, key="", options=options, epochs=epochs,
         batch_size=_int(m.get("batch_size", training["batch_size"]), f"{where}.batch_size", source),
-        lr=_number(m.get("lr", training["lr"]), f"{where}.lr", source, minimum=1e-12),
+        lr=_number(m.get("lr", training["lr"]), f"{where}.lr", source, minimum=1e-12), adversarial=adversarial,
     )
-    return entry, base or _slug(name) or "model", labelled
+    return entry, base, labelled
+
+
+def _adversarial(table, info, epochs: int, where: str, source: str) -> dict | None:
+    """The ``adversarial`` table of a zoo model, checked as ``robust train --adversarial`` checks it."""
+    from robust.adversarial import AdversarialConfig
+
+    if table is None:
+        return None
+    if not isinstance(table, dict) or "method" not in table or "eps" not in table:
+        raise _err(source, f"{where}.adversarial", "a table with at least method and eps, such as "
+                   "{ method = \"pgd\", eps = 0.3, steps = 10 }", table)
+    _check_keys(table, _ADVERSARIAL_KEYS, f"{where}.adversarial", source)
+    try:
+        config = AdversarialConfig(**table)
+        config.check_for(info.image_shape, (0.0, 1.0), epochs)  # the study's datasets load in [0, 1]
+    except RobustError as exc:
+        text = re.sub(r" \(--adv-[a-z-]+\)", "", str(exc))  # the spec's keys, not the CLI's options
+        raise RobustError(f"Spec {source}: {where}.adversarial: {text}") from None
+    return dataclasses.asdict(config)
+
+
+def threat_tag(adversarial: dict | None) -> str:
+    """A short name of a threat model (``pgd eps 0.3``, ``pgd l2 eps 1.5``), or "" for standard training."""
+    if not adversarial:
+        return ""
+    norm = "" if adversarial["norm"] == "inf" else f" l{adversarial['norm']}"
+    return f"{adversarial['method']}{norm} eps {adversarial['eps']:g}"
 
 
 def _ref_model(m: dict, training: dict, where: str, source: str) -> tuple[ModelEntry, str, bool]:
@@ -261,7 +301,7 @@ def _ref_model(m: dict, training: dict, where: str, source: str) -> tuple[ModelE
     ref = m["ref"]
     if not isinstance(ref, str) or not ref:
         raise _err(source, f"{where}.ref", "a model reference (file, folder, module:factory or plugin name)", ref)
-    extra = set(m) & {"options", "epochs", "batch_size", "lr"}
+    extra = set(m) & {"options", "epochs", "batch_size", "lr", "adversarial"}
     if extra:
         raise RobustError(f"Spec {source}: {where} is a ready model (ref), which is never trained or built, so "
                           f"{known_names(extra)} cannot apply to it; received {known_names(extra)}.")

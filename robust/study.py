@@ -42,7 +42,7 @@ from robust.attacks import strongest as strongest_attack
 from robust.checks import sanity_checks
 from robust.errors import RobustError
 from robust.report.results import RESULTS_SCHEMA
-from robust.spec import Spec, settings_hash
+from robust.spec import Spec, settings_hash, threat_tag
 
 LOCK_FILE = ".robust.lock"
 WALL_CLOCK_KEYS = ("seconds", "started", "finished", "train_seconds")
@@ -161,15 +161,19 @@ class Study:
         return {"dataset": ds, "ref": ref, "indices": tuple(int(i) for i in idx), "y": ds.y_test[idx]}
 
     def _train_cell(self, entry, data) -> tuple:
+        from robust.adversarial import AdversarialConfig
         from robust.training import TrainCell
 
         cell = TrainCell(model=entry.name, options=tuple(sorted(entry.options.items())), dataset=self.spec.dataset,
                          data_path=self.spec.data_path, train_limit=self.spec.train_limit, epochs=entry.epochs,
-                         batch_size=entry.batch_size, lr=entry.lr, seed=self.spec.seed)
+                         batch_size=entry.batch_size, lr=entry.lr, seed=self.spec.seed,
+                         adversarial=AdversarialConfig(**entry.adversarial) if entry.adversarial else None)
         ds = data["dataset"]
         settings = {"model": entry.name, "options": entry.options, "dataset": ds.name, "data_source": ds.source,
                     "train_size": len(ds.y_train), "epochs": entry.epochs, "batch_size": entry.batch_size,
                     "lr": entry.lr, "seed": self.spec.seed}
+        if entry.adversarial:  # standard models keep their old settings hash (and are reused)
+            settings["adversarial"] = entry.adversarial
         return cell, settings
 
     def _models(self, data) -> dict:
@@ -193,7 +197,8 @@ class Study:
                 self._say(f"Model {entry.label}: reusing {folder} (same settings), test accuracy "
                           f"{card['test_accuracy']:.4f}")
                 continue
-            self._say(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs")
+            threat = f", adversarially ({threat_tag(entry.adversarial)})" if entry.adversarial else ""
+            self._say(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs{threat}")
             todo.append((entry.key, cell, settings))
         self._grow_bar(len(todo))
         # The study's bar counts models as cells; Keras's epoch bars would break its line.
@@ -345,6 +350,7 @@ class Study:
             "params": card["params"], "test_accuracy": card["test_accuracy"],
             "subset_clean_accuracy": records[0]["clean_accuracy"],
             "epochs": card["epochs"], "train_seconds": card.get("seconds"),
+            "adversarial": card.get("adversarial"),  # the card's threat model and robust validation, or None
             "summary": m["summary"], "raw_checks": checks_raw,
             "checks": sanity_checks(records, checks_raw, ds.num_classes),
             "fooling": fooling, "arrays": f"arrays/{key}.npz",

@@ -223,3 +223,110 @@ def test_a_collapsed_network_stops_training_and_is_never_chosen(mnist_test_batch
     assert np.isnan(check.history["pgd"][1]) and model.stop_training
     assert check.epoch == 0 and "keeps epoch 1" in check.stopped and "--adv-warmup" in check.stopped
     assert best_epoch({"clean": [0.2, 0.9], "pgd": [0.0, float("nan")], "fgsm": [0.0, float("nan")]}) == 0
+
+
+# ------------------------------------------------------------------ the study (robust run)
+
+STUDY = """
+name = "adv-study"
+[data]
+dataset = "mnist"
+train_limit = 300
+test_limit = 60
+[training]
+epochs = 1
+[[models]]
+name = "mlp"
+label = "MLP"
+options = { width = 16, depth = 1 }
+[[models]]
+name = "mlp"
+label = "Robust MLP"
+options = { width = 16, depth = 1 }
+adversarial = { method = "pgd", eps = 0.1, steps = 2 }
+[[attacks]]
+name = "fgsm"
+[eps]
+values = [0.0, 0.1]
+[fooling]
+enabled = false
+[report]
+examples = 2
+saliency = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def adv_run(data_dir, tmp_path_factory):
+    """A real study with a standard and an adversarially trained MLP (1 epoch on 270 images)."""
+    tmp = tmp_path_factory.mktemp("adv-study")
+    (tmp / "spec.toml").write_text(STUDY)
+    res = CliRunner().invoke(main, ["run", str(tmp / "spec.toml"), "--out", str(tmp / "out"), "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return tmp / "out", res.output
+
+
+def test_study_trains_the_adversarial_model_under_its_own_key_and_records_its_threat_model(adv_run):
+    out, output = adv_run
+    assert "training mlp for 1 epochs, adversarially (pgd eps 0.1)" in output
+    results = json.loads((out / "results.json").read_text())
+    models = results["models"]
+    assert set(models) == {"mlp", "robust-mlp-pgd-eps-0-1"}
+    assert models["mlp"]["adversarial"] is None
+    adv = models["robust-mlp-pgd-eps-0-1"]["adversarial"]
+    assert (adv["method"], adv["eps"], adv["steps"]) == ("pgd", 0.1, 2) and len(adv["epochs"]) == 1
+    card = json.loads((out / "models" / "robust-mlp-pgd-eps-0-1" / "model.json").read_text())
+    assert card["adversarial"]["eps"] == 0.1  # the study trained it adversarially, not just labelled it
+    settings = json.loads((out / "models" / "robust-mlp-pgd-eps-0-1" / "settings.json").read_text())
+    assert settings["settings"]["adversarial"]["method"] == "pgd"  # a changed threat model retrains
+    assert (out / "records" / "robust-mlp-pgd-eps-0-1__fgsm__eps0.100000.json").is_file()
+
+
+def test_reports_and_models_listing_say_how_each_model_was_trained(adv_run):
+    out, _ = adv_run
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, html):
+        assert "adversarial: PGD-2, L-inf eps 0.1" in text and "standard" in text
+    results = json.loads((out / "results.json").read_text())
+    robust, plain = results["models"]["robust-mlp-pgd-eps-0-1"], results["models"]["mlp"]
+    cost = (plain["test_accuracy"] - robust["test_accuracy"]) * 100
+    finding = next(line for line in md.splitlines() if line.startswith("- Robust MLP (pgd, eps 0.1)"))
+    assert f"{100 * robust['test_accuracy']:.1f}%" in finding and f"{100 * plain['test_accuracy']:.1f}%" in finding
+    assert (f"costs {abs(cost):.1f} points" if cost >= 0 else f"{abs(cost):.1f} points above") in finding
+    res = CliRunner().invoke(main, ["models", "--trained", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "training: standard (not adversarially trained)" in res.output
+    assert "training: adversarial, pgd at L-inf eps 0.1 (2 step(s)" in res.output
+    res = CliRunner().invoke(main, ["summary", str(out / "models" / "robust-mlp-pgd-eps-0-1")])
+    assert "Training: adversarial, pgd at L-inf eps 0.1" in res.output
+
+
+def _fake_results(conv_acc: float, fc_acc: float, n: int = 500) -> dict:
+    """A results dict as the study writes it: two adversarially trained models and their standard twins."""
+    from robust.report.findings import adversarial_findings  # noqa: F401  (the function under test)
+
+    adv = {"method": "pgd", "eps": 0.3, "steps": 7, "epochs": [{"ratio_to_standard": r} for r in (9.0, 7.5, 8.5)]}
+    models = {}
+    for key, kind, name, acc, seconds in (("cnn", "conv", "cnn_wong", 0.99, 40.0), ("mlp", "fc", "mlp", 0.97, 10.0)):
+        models[key] = {"label": key.upper(), "kind": kind, "name": name, "options": {}, "params": 1000,
+                       "test_accuracy": acc, "train_seconds": seconds, "epochs": 4, "adversarial": None, "ref": None}
+        models[f"{key}-adv"] = {**models[key], "label": f"robust {key.upper()}", "test_accuracy": acc - 0.01,
+                                "train_seconds": seconds * 10, "epochs": 5, "adversarial": adv}
+    records = [{"model": k, "attack_key": a, "eps": 0.3, "n": n,
+                "adversarial_accuracy": {"cnn-adv": conv_acc, "mlp-adv": fc_acc}.get(k, 0.0) + (0.02 if a == "pgd" else 0)}
+               for k in models for a in ("pgd", "auto")]
+    return {"models": models, "records": records}
+
+
+@pytest.mark.parametrize("conv, fc, verdict", [(0.88, 0.60, "survives adversarial training"),
+                                               (0.60, 0.88, "does not survive"),
+                                               (0.80, 0.79, "within measurement noise")])
+def test_findings_judge_the_convnet_advantage_from_the_worst_attack(conv, fc, verdict):
+    from robust.report.findings import adversarial_findings
+
+    lines = adversarial_findings(_fake_results(conv, fc))
+    advantage = next(line for line in lines if line.startswith("At eps 0.3"))
+    assert verdict in advantage and f"{100 * conv:.1f}%" in advantage  # the worst attack (auto), not PGD
+    cost = next(line for line in lines if line.startswith("robust CNN"))
+    assert "costs 1.0 points of clean accuracy (98.0% against 99.0%)" in cost
+    assert "10.0x the training time (400 s for 5 epochs against 40 s for 4" in cost and "8.0x a standard epoch" in cost

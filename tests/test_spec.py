@@ -87,3 +87,34 @@ def test_model_keys_stay_distinct_and_readable_for_any_label():
     assert all("/" not in k and len(k) <= 57 for k in keys)
     # the keys of the shipped specs did not change (finished runs keep resuming)
     assert [m.key for m in load_spec("mnist").models] == ["lenet-5", "mlp-784-512-512-10", "mlp-matched-to-lenet-5"]
+
+
+def test_adversarial_table_is_validated_and_names_the_threat_model_in_the_key():
+    text = ("name = 'x'\n[training]\nepochs = 3\n"
+            "[[models]]\nname = 'lenet5'\n"
+            "[[models]]\nname = 'lenet5'\nadversarial = { method = 'pgd', eps = 0.3 }\n"
+            "[[models]]\nname = 'lenet5'\nadversarial = { method = 'trades', eps = 1.5, norm = '2', warmup = 2 }\n"
+            "[[models]]\nname = 'lenet5'\nlabel = 'Robust LeNet'\nadversarial = { method = 'fgsm-rs', eps = 0.1 }\n"
+            "[[models]]\nname = 'lenet5'\nlabel = 'LeNet, pgd eps 0.2'\nadversarial = { method = 'pgd', eps = 0.2 }\n")
+    models = parse_spec(text).models
+    assert [m.key for m in models] == ["lenet5", "lenet5-pgd-eps-0-3", "lenet5-trades-l2-eps-1-5",
+                                       "robust-lenet-fgsm-rs-eps-0-1", "lenet-pgd-eps-0-2"]
+    assert models[0].adversarial is None
+    # defaults filled in as robust train fills them: PGD-10, TRADES beta 6, fgsm-rs one step
+    assert models[1].adversarial == {"method": "pgd", "eps": 0.3, "steps": 10, "step_size": None, "beta": None,
+                                     "norm": "inf", "warmup": 0}
+    assert models[2].adversarial["beta"] == 6.0 and models[2].adversarial["norm"] == "2"
+    assert models[3].adversarial["steps"] == 1
+    assert models[1].label == "lenet5 pgd eps 0.3"  # the default label says it too
+    # a threat model is part of the spec the run is resumed against
+    assert parse_spec(text).to_dict()["models"][1]["adversarial"]["eps"] == 0.3
+
+
+def test_builtin_adversarial_spec_pairs_convnets_with_matched_mlps():
+    spec = load_spec("mnist-adversarial")
+    robust = {m.key: m.adversarial for m in spec.models if m.adversarial}
+    assert {a["eps"] for a in robust.values()} == {0.1, 0.3}
+    assert {m.name for m in spec.models} == {"lenet5", "cnn_wong", "mlp"}
+    assert {m.options.get("match") for m in spec.models if m.name == "mlp"} == {"lenet5", "cnn_wong"}
+    assert len(spec.models) == 2 * len(robust)  # every robust model has a standard twin
+    assert "auto" in [a.name for a in spec.attacks] and {0.1, 0.3} <= set(spec.eps)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from robust.cli import main
 
 
 @main.command("models")
-def models_command() -> None:
-    """List the models: zoo architectures to train, and ready models to evaluate (built-in and from plugins)."""
+@click.option("--trained", "trained", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="Also list the models trained under DIR (robust train folders, e.g. runs/ or a study folder): "
+                   "their clean accuracy and how they were trained (standard, or adversarially at which eps).")
+def models_command(trained) -> None:
+    """List the models: zoo architectures to train, and ready models to evaluate (built-in and from plugins).
+
+    With --trained DIR, also the trained models found under DIR, each with how it was trained.
+    """
     from robust.models.registry import entries
+
+    if trained is not None:
+        _list_trained(Path(trained))
+        return
 
     reg = entries()
     for name, spec in sorted(reg.specs.items()):
@@ -30,3 +42,18 @@ def models_command() -> None:
         click.echo("\nSkipped plugins (the other models are not affected):")
         for name, why in sorted(reg.broken.items()):
             click.echo(f"{name:<16} {why}")
+
+
+def _list_trained(root: Path) -> None:
+    """One line per ``robust train`` folder under ``root``: model, dataset, accuracy, training."""
+    from robust.adversarial import describe_training
+    from robust.artifacts import CARD_FILE, read_card
+
+    folders = sorted({p.parent for p in root.rglob(CARD_FILE)} | ({root} if (root / CARD_FILE).is_file() else set()))
+    found = [(f, read_card(f)) for f in folders if (f / "model.keras").is_file()]
+    if not found:
+        click.echo(f"No trained models under {root} (a `robust train` folder holds model.keras and model.json).")
+        return
+    for folder, card in found:
+        click.echo(f"{folder}\n  {card.get('model', '?')} on {card.get('dataset', '?')}, clean test accuracy "
+                   f"{card.get('test_accuracy', float('nan')):.4f}\n  training: {describe_training(card)}")

@@ -39,6 +39,17 @@ def _receptive_field_text(rf) -> str:
     return f"{h}x{w} px, step {jh}" if jh == jw else f"{h}x{w} px, step {jh}x{jw}"
 
 
+def training_text(model: dict) -> str:
+    """How a model of ``results.json`` was trained: ``standard`` or its threat model (``PGD-10, L-inf eps 0.3``)."""
+    adv = model.get("adversarial")
+    if not adv:
+        return "standard" if not model.get("ref") else "ready model"
+    steps = f"-{adv['steps']}" if adv["method"] != "fgsm-rs" else ""
+    beta = f", beta {adv['beta']:g}" if adv.get("beta") is not None else ""
+    norm = "L-inf" if adv["norm"] == "inf" else f"L{adv['norm']}"
+    return f"adversarial: {adv['method'].upper()}{steps}, {norm} eps {adv['eps']:g}{beta}"
+
+
 def _jinja(markdown: bool = False):
     """The HTML environment autoescapes; the Markdown one escapes every printed string for Markdown."""
     import jinja2
@@ -54,6 +65,7 @@ def _jinja(markdown: bool = False):
     env.filters["num"] = lambda v: f"{int(v):,}"
     env.filters["mb"] = lambda v: f"{float(v) / 2**20:.2f} MiB"
     env.filters["rf"] = _receptive_field_text
+    env.filters["training"] = training_text
     return env
 
 
