@@ -49,12 +49,25 @@ def run_under(backend: str, *args: str, timeout: int = 600) -> subprocess.Comple
 @pytest.mark.parametrize("name", ["no_such_backend", "numpy"])
 def test_an_unsupported_keras_backend_is_refused_with_the_list(name):
     env = dict(os.environ, KERAS_BACKEND=name)
-    done = subprocess.run([sys.executable, "-c", "import robust.backend"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", "import robust, robust.backend"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("robust.errors.RobustError") and f"KERAS_BACKEND={name!r}" in last
     assert "tensorflow, jax, torch" in last
+
+
+@pytest.mark.parametrize("name", ["no_such_backend", "numpy"])
+def test_the_cli_refuses_an_unsupported_keras_backend_with_exit_code_2(name):
+    """One paragraph naming the backends, no traceback, before Keras (which fails on an unknown name) is imported."""
+    env = dict(os.environ, KERAS_BACKEND=name)
+    done = subprocess.run([sys.executable, "-m", "robust.cli", "models"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    message = " ".join(done.stderr.split())
+    assert f"KERAS_BACKEND={name!r} is not a backend robust runs on" in message
+    assert "Supported backends: tensorflow, jax, torch" in message
 
 
 # --------------------------------------------------------- across backends

@@ -41,11 +41,13 @@ import importlib
 import platform
 from typing import Sequence
 
-import keras
-import numpy as np
-
-from robust import BACKENDS
+from robust import BACKENDS, check_keras_backend
 from robust.errors import RobustError
+
+check_keras_backend()  # before Keras, which raises its own error (and a traceback) on an unknown name
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 NAME = keras.backend.backend()
 
@@ -68,8 +70,7 @@ spec = _module.spec
 tensor = _module.tensor
 to_numpy = _module.to_numpy
 value_and_grad = _module.value_and_grad
-#: The compiled adversarial train step; only the TensorFlow module has one so far (None elsewhere).
-adversarial_model = getattr(_module, "adversarial_model", None)
+adversarial_model = _module.adversarial_model
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
