@@ -19,6 +19,8 @@ Primitives every backend module provides:
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
+* ``mixed_precision_policy(gpus)``: the Keras dtype policy ``--mixed-precision``
+  trains in (``None`` where the device has none worth using);
 * ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
   each batch and updates the weights in one compiled step.
 
@@ -65,6 +67,7 @@ backend_versions = _module.backend_versions
 compile = _module.compile
 device = _module.device
 distribution = _module.distribution
+mixed_precision_policy = _module.mixed_precision_policy
 pipeline = _module.pipeline
 spec = _module.spec
 tensor = _module.tensor
