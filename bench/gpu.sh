@@ -2,7 +2,7 @@
 # VGG-11 on CIFAR-10 and PGD-20 on one NVIDIA GPU with JAX (CUDA), no TensorFlow, no network.
 #
 # On a machine with network (here), build the wheel folder the GPU machine installs from:
-#   pip wheel --no-deps . keras absl-py namex optree rich markdown-it-py mdurl pygments h5py \
+#   pip wheel --no-deps . keras absl-py namex optree rich markdown-it-py mdurl pygments h5py packaging \
 #       click jinja2 markupsafe tqdm -w wheels/
 # (robust itself with --no-deps: its default dependency, TensorFlow, is what the GPU machine lacks;
 # jax, jaxlib and numpy come from the GPU machine's own install). Copy wheels/, this checkout and
