@@ -3,10 +3,11 @@
 The import namespace is ``robust``: ``robust.models`` (the model zoo),
 ``robust.attacks`` (FGSM, PGD, fooling images), ``robust.data`` (datasets),
 ``robust.summary``, ``robust.training`` and the click CLI in ``robust.cli``.
-Importing this package does not import TensorFlow; submodules that need it do.
-It runs on the Keras backend that ``KERAS_BACKEND`` names (see
-:mod:`robust.backend`); a name Keras does not know fails here, with the list,
-instead of deep inside ``import keras``.
+Importing this package imports neither Keras nor TensorFlow; submodules that
+need them do. It runs on the Keras backend that ``KERAS_BACKEND`` names (see
+:mod:`robust.backend`): :func:`check_keras_backend` refuses any other name
+with the list, before ``import keras`` would fail on it with a traceback
+(``import robust.backend`` and every ``robust`` command call it first).
 """
 
 import os as _os
@@ -14,19 +15,22 @@ import os as _os
 from robust.errors import RobustError
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "RobustError", "__version__"]
+__all__ = ["BACKENDS", "RobustError", "__version__", "check_keras_backend"]
 
 #: The Keras backends robust runs on, each with a module in :mod:`robust.backend`.
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def _check_keras_backend() -> None:
+def check_keras_backend() -> None:
+    """Refuse a ``KERAS_BACKEND`` robust does not run on, naming the supported ones.
+
+    Raises:
+        RobustError: ``KERAS_BACKEND`` is set to a name outside :data:`BACKENDS`
+            (a typo, or a Keras backend robust has no module for, such as ``numpy``).
+    """
     requested = _os.environ.get("KERAS_BACKEND")
     if requested is not None and requested not in BACKENDS:
         raise RobustError(
             f"KERAS_BACKEND={requested!r} is not a backend robust runs on. Supported backends: "
             f"{', '.join(BACKENDS)} (TensorFlow is the default); set KERAS_BACKEND to one of them or unset it."
         )
-
-
-_check_keras_backend()

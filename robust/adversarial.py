@@ -204,10 +204,6 @@ def make_perturb(config: AdversarialConfig, model, num_classes: int, value_range
 def wrap_for_training(model, config: AdversarialConfig, num_classes: int, value_range, *, steps_per_epoch: int,
                       seed: int):
     """The model to compile and fit: its train step attacks every batch first."""
-    if backend.adversarial_model is None:
-        raise RobustError(f"Adversarial training runs on the TensorFlow backend so far; Keras is on {backend.NAME!r}. "
-                          "Train with KERAS_BACKEND=tensorflow (the .keras file then works on every backend), or "
-                          "train without --adversarial.")
     perturb = make_perturb(config, model, num_classes, value_range, warmup_steps=config.warmup * steps_per_epoch,
                            seed=seed)
     return backend.adversarial_model(model, perturb, config.beta if config.method == "trades" else None)

@@ -170,7 +170,9 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         seed: seeds the validation split, weight initialisation and batch order.
         model_options: builder options of the model (``{"width": 0.25}``).
         tensorboard: folder for TensorBoard logs (epoch scalars, ``train/`` and ``validation/``).
-        mixed_precision: compute in float16 on GPUs (ignored on the CPU); the returned model is float32.
+        mixed_precision: compute in the backend's 16-bit type (:func:`robust.backend.mixed_precision_policy`:
+            float16 on GPUs, bfloat16 on JAX on any device; ignored where there is none); the returned
+            model is float32.
         progress: show a progress bar per epoch on stderr.
         data_path: the ``--data`` path the dataset came from, recorded in the card.
         limit: the ``--limit`` the dataset was cut to, recorded in the card.
@@ -197,14 +199,15 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
     _check_adversarial(adversarial, dataset, epochs)
 
     plan = select_device()
-    use_mixed = bool(mixed_precision and plan.gpus)
+    policy = backend.mixed_precision_policy(plan.gpus) if mixed_precision else None
+    use_mixed = policy is not None
     say(f"data: {dataset.describe()}")
     say(f"device: {plan.device}; strategy: {plan.strategy_name}"
-        + ("; mixed precision float16" if use_mixed else "")
+        + (f"; mixed precision {policy.removeprefix('mixed_')}" if use_mixed else "")
         + ("  (mixed precision needs a GPU: training in float32)" if mixed_precision and not use_mixed else ""))
     keras.utils.set_random_seed(seed)
     split = split_validation(dataset.y_train, validation_fraction, seed)
-    model, inner, params = _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size,
+    model, inner, params = _prepare(model_name, dataset, options, plan, policy, lr, epochs, batch_size,
                                     len(split[0]), adversarial, seed)
     say(f"model: {model_name} ({params:,} parameters{', options ' + repr(options) if options else ''}); "
         f"{epochs} epochs of {len(split[0]):,} images (batch {batch_size}, lr {lr:g}, seed {seed}); "
@@ -229,7 +232,7 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
                        list(fitted["timer"].cpu_seconds))
 
 
-def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_size, n_fit, adversarial, seed):
+def _prepare(model_name, dataset, options, plan, policy, lr, epochs, batch_size, n_fit, adversarial, seed):
     """``(model to fit, the model itself, parameters)`` compiled inside the device strategy's scope.
 
     For adversarial training the model to fit wraps the model: its train step attacks each batch.
@@ -238,7 +241,7 @@ def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_si
 
     steps = math.ceil(n_fit / batch_size)
     with plan.strategy.scope():
-        model = _build(model_name, dataset, options, use_mixed)
+        model = _build(model_name, dataset, options, policy)
         check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
         fit_model = model
         if adversarial is not None:
@@ -246,7 +249,8 @@ def _prepare(model_name, dataset, options, plan, use_mixed, lr, epochs, batch_si
 
             fit_model = wrap_for_training(model, adversarial, dataset.num_classes, dataset.value_range,
                                           steps_per_epoch=steps, seed=seed)
-        compile_for_training(fit_model, lr=lr, total_steps=epochs * steps, loss_scale=use_mixed)
+        # bfloat16 has float32's exponent range: only float16 needs loss scaling.
+        compile_for_training(fit_model, lr=lr, total_steps=epochs * steps, loss_scale=policy == "mixed_float16")
     return fit_model, model, count_params(model)
 
 
@@ -380,20 +384,20 @@ def train_cell(cell: TrainCell, *, progress: bool = False) -> TrainedModel:
         return TrainedModel(path.read_bytes(), result.card)
 
 
-def _build(model_name, dataset, options, mixed: bool):
-    """The zoo model; under mixed precision, built in float16 with a float32 cast of the logits."""
+def _build(model_name, dataset, options, mixed: str | None):
+    """The zoo model; under a mixed policy (``"mixed_bfloat16"``...), built in it with float32 logits."""
     from robust.models import build_model
 
     if not mixed:
         return build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
 
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy(mixed)
     try:
         inner = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
     finally:
         keras.config.set_dtype_policy(previous)
-    # Softmax cross-entropy in float16 loses precision; the logits go to float32 first.
+    # Softmax cross-entropy in 16 bits loses precision; the logits go to float32 first (attacks' losses too).
     logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(inner.output)
     return keras.Model(inner.input, logits, name=inner.name)
 

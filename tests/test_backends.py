@@ -49,12 +49,25 @@ def run_under(backend: str, *args: str, timeout: int = 600) -> subprocess.Comple
 @pytest.mark.parametrize("name", ["no_such_backend", "numpy"])
 def test_an_unsupported_keras_backend_is_refused_with_the_list(name):
     env = dict(os.environ, KERAS_BACKEND=name)
-    done = subprocess.run([sys.executable, "-c", "import robust.backend"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", "import robust, robust.backend"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("robust.errors.RobustError") and f"KERAS_BACKEND={name!r}" in last
     assert "tensorflow, jax, torch" in last
+
+
+@pytest.mark.parametrize("name", ["no_such_backend", "numpy"])
+def test_the_cli_refuses_an_unsupported_keras_backend_with_exit_code_2(name):
+    """One paragraph naming the backends, no traceback, before Keras (which fails on an unknown name) is imported."""
+    env = dict(os.environ, KERAS_BACKEND=name)
+    done = subprocess.run([sys.executable, "-m", "robust.cli", "models"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    message = " ".join(done.stderr.split())
+    assert f"KERAS_BACKEND={name!r} is not a backend robust runs on" in message
+    assert "Supported backends: tensorflow, jax, torch" in message
 
 
 # --------------------------------------------------------- across backends
@@ -122,6 +135,38 @@ def test_same_pgd_accuracy_under_another_backend(cross, trained, attacked):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
+def test_art_agrees_with_our_attacks_under(cross, backend, mnist):
+    """ART (TensorFlow only, in this process) and our FGSM and PGD run under another backend, same model and images.
+
+    The model is the LeNet-5 trained under TensorFlow; our numbers come from the cross fixture's
+    subprocess under ``backend``. FGSM: the same images. PGD-10 without a random start (both
+    deterministic, step 2.5 eps / 10): ours keeps the worst iterate, so it is at most 0.5 points above ART's.
+    """
+    import keras
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    from robust.data import balanced_indices
+
+    idx = balanced_indices(mnist.y_test, N_TEST, seed=1)
+    x, y = mnist.x_test[idx], cross["y"]
+    assert np.array_equal(mnist.y_test[idx], y)
+    model = keras.saving.load_model(cross["tmp"] / "lenet5_tensorflow.keras", compile=False)
+    art = TensorFlowV2Classifier(model, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
+                                 loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ours = cross[("tensorflow", backend)]
+    art_fgsm = FastGradientMethod(art, norm=np.inf, eps=0.1, batch_size=128).generate(x, y=y)
+    assert np.mean(np.abs(ours["fgsm"] - art_fgsm) > 1e-6) < 1e-4
+    art_pgd = ProjectedGradientDescent(art, norm=np.inf, eps=0.1, eps_step=0.025, max_iter=10, num_random_init=0,
+                                       batch_size=128, verbose=False).generate(x, y=y)
+    art_acc = float(np.mean(np.argmax(model.predict(art_pgd, verbose=0), axis=1) == y))
+    ours_acc = float(np.mean(ours["pgd_pred"] == y))
+    assert ours_acc <= art_acc + 0.005, f"ours under {backend} {ours_acc:.3f} vs ART {art_acc:.3f}"
+    assert ours_acc < np.mean(ours["clean"] == y) - 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
 def test_other_backends_never_import_tensorflow(cross, backend):
     """Trained, saved, loaded and attacked with ``import tensorflow`` failing; the card names the backend."""
     card = cross["cards"][backend]
@@ -132,6 +177,80 @@ def test_other_backends_never_import_tensorflow(cross, backend):
     for run in ("train", "validation"):
         folder = cross["tmp"] / f"lenet5_{backend}.keras.tb" / run
         assert any(folder.glob("events.out.tfevents.*")) or (folder / "scalars.csv").read_text().count("\n") > 1
+
+
+# ------------------------------------------ adversarial training on every backend
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
+def test_adversarial_training_raises_pgd_accuracy_under(backend, tmp_path, data_dir):
+    """PGD-3 adversarial training inside the backend's own train step (JAX: jitted) beats standard training.
+
+    cnn_wong, one epoch on 3000 MNIST images each way, PGD-20 at eps 0.1 on 300 test images, all in
+    one process with ``import tensorflow`` blocked (tests/test_adversarial.py does the same on TensorFlow).
+    """
+    out = tmp_path / "adversarial.json"
+    run_under(backend, str(WORKER), "adversarial", str(out), str(N_TRAIN), "pgd", "0.1")
+    found = json.loads(out.read_text())
+    robust_acc, standard_acc = found["adversarial"]["pgd_accuracy"], found["standard"]["pgd_accuracy"]
+    print(f"{backend}: PGD-20 accuracy at eps 0.1, adversarial {robust_acc:.3f}, standard {standard_acc:.3f}")
+    assert robust_acc > standard_acc + 0.2
+    assert found["adversarial"]["clean_accuracy"] > 0.7 and found["tensorflow_imported"] is False
+    card = found["adversarial"]["card"]
+    assert card["backend"] == backend and found["standard"]["card"]["adversarial"] is None
+    assert (card["adversarial"]["method"], card["adversarial"]["steps"]) == ("pgd", 3)
+    assert card["adversarial"]["epochs"][0]["pgd_val_accuracy"] > 0.3  # measured on the validation slice too
+
+
+# ---------------------------------------------------------- mixed precision
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=needs("jax"))])
+def test_mixed_precision_is_bfloat16_on_jax_and_attacks_keep_float32_gradients(backend, tmp_path, data_dir):
+    """``--mixed-precision`` on JAX trains in bfloat16 on the CPU; the loss and input gradient stay float32.
+
+    The trained weights in the bfloat16 model and in the saved float32 model give input gradients
+    pointing the same way and PGD accuracies within 5 points.
+    """
+    out = tmp_path / "mixed.json"
+    run_under(backend, str(WORKER), "mixed", str(out), "1000")
+    found = json.loads(out.read_text())
+    assert found["policy"] == "mixed_bfloat16" and found["compute_dtypes"] == ["bfloat16"]
+    assert found["card"]["mixed_precision"] is True and found["saved_dtypes"] == ["float32"]
+    assert any("mixed precision bfloat16" in line for line in found["log"])
+    for model in ("sixteen", "float32"):
+        assert found[model]["loss_dtype"] == found[model]["grad_dtype"] == "float32"
+    assert found["float32"]["clean_accuracy"] > 0.4  # 15 steps on 900 images in bfloat16; chance is 0.1
+    assert found["gradient_cosine_median"] > 0.9
+    assert abs(found["sixteen"]["pgd_accuracy"] - found["float32"]["pgd_accuracy"]) <= 0.05
+
+
+# --------------------------------------------- the CLI's study commands on every backend
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in ("jax", "torch")])
+def test_run_report_and_eval_through_the_cli_under(backend, tmp_path, data_dir):
+    """``robust run`` on a tiny spec, ``robust report`` on its folder, ``robust eval`` on its model, TF blocked."""
+    run_under(backend, str(WORKER), "cli", str(tmp_path))
+    found = json.loads((tmp_path / "cli.json").read_text())
+    for command in ("run", "report", "eval"):
+        assert found[command]["exit_code"] == 0, f"robust {command}: {found[command]['output']}"
+    assert found["tensorflow_imported"] is False
+    run = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert run["run"]["versions"]["backend"] == backend and run["run"]["versions"][backend]
+    assert run["models"]["lenet5"]["test_accuracy"] > 0.3  # 16 steps on 1000 real images; chance is 0.1
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert f"backend {backend}" in html and 'src="data:image/png;base64,' in html
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert evaluated["run"]["versions"]["backend"] == backend
+    # The same model, images (seed 0, first 50 of the balanced subset) and FGSM: the same numbers.
+    for eps in (0.0, 0.1):
+        ran = next(r for r in run["records"] if r["attack_key"] == "fgsm" and r["eps"] == eps)
+        ev = next(r for r in evaluated["records"] if r["attack_key"] == "fgsm" and r["eps"] == eps)
+        assert (ev["n"], ev["clean_accuracy"], ev["adversarial_accuracy"]) == (
+            ran["n"], ran["clean_accuracy"], ran["adversarial_accuracy"])
+    pgd = [r for r in run["records"] if r["attack_key"] == "pgd"]
+    assert pgd[-1]["adversarial_accuracy"] < pgd[0]["adversarial_accuracy"]  # eps 0.1 hurts; eps 0 does not
 
 
 # ------------------------------- the attack property tests under every backend

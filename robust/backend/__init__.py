@@ -19,6 +19,8 @@ Primitives every backend module provides:
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
+* ``mixed_precision_policy(gpus)``: the Keras dtype policy ``--mixed-precision``
+  trains in (``None`` where the device has none worth using);
 * ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
   each batch and updates the weights in one compiled step.
 
@@ -41,11 +43,13 @@ import importlib
 import platform
 from typing import Sequence
 
-import keras
-import numpy as np
-
-from robust import BACKENDS
+from robust import BACKENDS, check_keras_backend
 from robust.errors import RobustError
+
+check_keras_backend()  # before Keras, which raises its own error (and a traceback) on an unknown name
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 NAME = keras.backend.backend()
 
@@ -63,13 +67,13 @@ backend_versions = _module.backend_versions
 compile = _module.compile
 device = _module.device
 distribution = _module.distribution
+mixed_precision_policy = _module.mixed_precision_policy
 pipeline = _module.pipeline
 spec = _module.spec
 tensor = _module.tensor
 to_numpy = _module.to_numpy
 value_and_grad = _module.value_and_grad
-#: The compiled adversarial train step; only the TensorFlow module has one so far (None elsewhere).
-adversarial_model = getattr(_module, "adversarial_model", None)
+adversarial_model = _module.adversarial_model
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""Pieces shared by the backends that have no ``tf.data``, ``tf.distribute`` or ``tf.summary`` (JAX, PyTorch).
+"""Pieces shared by the backends.
+
+What every backend uses:
+
+* :class:`AdversarialModel`: the adversarial train step (attack the batch, then
+  Keras's own step on it); the stateful backends (TensorFlow, PyTorch) use it
+  as it is, JAX's functional train step overrides one method.
+
+What the backends without ``tf.data``, ``tf.distribute`` or ``tf.summary`` (JAX, PyTorch) share:
 
 * :class:`ArrayBatches`: the training input pipeline as a ``keras.utils.PyDataset``
   over arrays held once in host memory, reshuffled every epoch from a seed;
@@ -15,9 +23,11 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
+from keras import ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,3 +124,82 @@ class ScalarWriter:
             self._file.close()
         else:
             self._events.close()
+
+
+# ------------------------------------------------------ adversarial training
+
+class _Stash:
+    """A plain holder the Keras layer tracker leaves alone (for tensors alive during one trace)."""
+
+    clean = None
+
+
+class _KL(keras.losses.Loss):
+    """Mean KL(softmax(y_true) || softmax(y_pred)) over the batch (Keras scales it for distribution)."""
+
+    def call(self, y_true, y_pred):
+        from robust.gradients import kl_divergence
+
+        return kl_divergence(y_true, y_pred)
+
+
+class AdversarialModel(keras.Model):
+    """A classifier whose train step trains it on adversarial examples of each batch, in one compiled step.
+
+    The step attacks the batch on the current weights (``perturb``), stops the
+    gradient through the attack, then runs Keras's own train step (loss
+    scaling, distribution, metrics) on the adversarial batch. With ``beta``
+    the loss is TRADES's clean cross-entropy + beta x KL(clean || adversarial).
+    This is the step of the stateful backends (TensorFlow, PyTorch), whose
+    variables are read by reference; JAX's subclass maps its state first.
+
+    Args:
+        model: the Keras classifier to train (its weights are this model's weights, in the same order).
+        perturb: ``perturb(x, y, step) -> x_adv`` written with ``keras.ops``.
+        beta: ``None`` trains on the adversarial batch alone (Madry et al.; Wong et al.);
+            a number trains on TRADES's loss (Zhang et al. 2019).
+    """
+
+    def __init__(self, model, perturb: Callable, beta: float | None = None):
+        super().__init__(name=f"{model.name}_adversarial")
+        self.inner = model
+        self._attack, self._beta = perturb, beta
+        self._stash = _Stash()
+        self._kl = _KL(name="kl")
+
+    def call(self, x, training=False):
+        return self.inner(x, training=training)
+
+    def adversarial_batch(self, x, y):
+        """The attacked batch, on the weights the variables hold now; no gradient flows back through it."""
+        return ops.stop_gradient(self._attack(x, y, ops.convert_to_tensor(self.optimizer.iterations)))
+
+    @contextlib.contextmanager
+    def clean_batch(self, x):
+        """While Keras's step runs, :meth:`compute_loss` sees the clean batch (TRADES needs it)."""
+        self._stash.clean = x if self._beta is not None else None
+        try:
+            yield
+        finally:
+            self._stash.clean = None
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        x_adv = self.adversarial_batch(x, y)
+        with self.clean_batch(x):
+            return super().train_step((x_adv, y))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self._stash.clean is None or not training:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        clean = self.inner(self._stash.clean, training=True)
+        return super().compute_loss(x, y, clean, sample_weight, training) + self._beta * self._kl(clean, y_pred)
+
+
+def adversarial_model(model, perturb: Callable, beta: float | None = None) -> AdversarialModel:
+    """``model`` wrapped so that ``fit`` trains it on adversarial examples (see :class:`AdversarialModel`).
+
+    Returns:
+        A ``keras.Model`` to compile and fit; ``model`` is what gets saved.
+    """
+    return AdversarialModel(model, perturb, beta)

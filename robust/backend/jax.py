@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
+from robust.backend.common import AdversarialModel, ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
 
 #: An operation without a differentiation rule raises this while tracing.
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
@@ -189,6 +189,54 @@ def distribution(gpus: int) -> tuple[str, Any]:
     return f"DataParallel ({gpus} replicas)", keras.distribution.DataParallel()
 
 
+def mixed_precision_policy(gpus: int) -> str | None:
+    """The Keras policy for ``--mixed-precision``: bfloat16 on every device.
+
+    XLA computes bfloat16 on CPUs and GPUs alike, and bfloat16 keeps float32's
+    exponent range, so no loss scaling is needed (unlike float16).
+    """
+    return "mixed_bfloat16"
+
+
 def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_seed: int | None = None):
     """Batches of ``(images, labels)`` (images only when ``y`` is ``None``), reshuffled per epoch with a seed."""
     return ArrayBatches(x, y, batch_size, shuffle_seed=shuffle_seed)
+
+
+# ------------------------------------------------------ adversarial training
+
+class StatelessAdversarialModel(AdversarialModel):
+    """:class:`~robust.backend.common.AdversarialModel` for Keras's functional JAX train step.
+
+    Keras jits ``train_step(state, data)`` with the weights, optimizer and
+    metric variables as arguments, not as the variables' values. The attack
+    runs first in a ``StatelessScope`` that maps each variable to its traced
+    value, so it reads the weights of this step (and the optimizer's step
+    count), all inside the one jitted step.
+    """
+
+    def train_step(self, state, data):
+        import keras
+
+        trainable, non_trainable, optimizer_values = state[0], state[1], state[2]
+        mapping = [*zip(self.trainable_variables, trainable), *zip(self.non_trainable_variables, non_trainable),
+                   *zip(self.optimizer.variables, optimizer_values)]
+        x, y = data[0], data[1]
+        with keras.StatelessScope(state_mapping=mapping):
+            x_adv = self.adversarial_batch(x, y)
+        with self.clean_batch(x):
+            return keras.Model.train_step(self, state, (x_adv, y))
+
+
+def adversarial_model(model, perturb: Callable, beta: float | None = None) -> StatelessAdversarialModel:
+    """``model`` wrapped so that ``fit`` attacks each batch inside Keras's jitted train step.
+
+    Args:
+        model: the Keras classifier to train (its weights are the wrapper's weights, same order).
+        perturb: ``perturb(x, y, step) -> x_adv`` written with ``keras.ops``.
+        beta: ``None`` trains on the adversarial batch alone; a number on TRADES's loss.
+
+    Returns:
+        A ``keras.Model`` to compile and fit; ``model`` is what gets saved.
+    """
+    return StatelessAdversarialModel(model, perturb, beta)

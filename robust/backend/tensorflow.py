@@ -155,6 +155,11 @@ def distribution(gpus: int) -> tuple[str, Any]:
     return f"MirroredStrategy ({gpus} replicas)", tf.distribute.MirroredStrategy()
 
 
+def mixed_precision_policy(gpus: int) -> str | None:
+    """The Keras policy for ``--mixed-precision``: float16 on GPUs (with loss scaling); none on the CPU."""
+    return "mixed_float16" if gpus else None
+
+
 def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_seed: int | None = None):
     """A tf.data pipeline of (images, labels) batches (images only when ``y`` is ``None``).
 
@@ -200,59 +205,5 @@ class ScalarWriter:
 
 # ------------------------------------------------------ adversarial training
 
-class _Stash:
-    """A plain holder the Keras layer tracker leaves alone (for tensors alive during one trace)."""
-
-    clean = None
-
-
-def adversarial_model(model, perturb: Callable, beta: float | None = None):
-    """``model`` wrapped so that ``fit`` trains it on adversarial examples, in one compiled step.
-
-    Args:
-        model: the Keras classifier to train (its weights are the wrapper's weights, same order).
-        perturb: ``perturb(x, y, step) -> x_adv`` written with ``keras.ops``; it runs inside the
-            train step on the current weights (TensorFlow reads variables by reference).
-        beta: ``None`` trains on the adversarial batch alone (Madry et al.; Wong et al.);
-            a number trains on TRADES's clean cross-entropy + beta x KL(clean || adversarial).
-
-    Returns:
-        A ``keras.Model`` to compile and fit; ``model`` is what gets saved.
-    """
-    import keras
-
-    from robust.gradients import kl_divergence
-
-    class KL(keras.losses.Loss):
-        """Mean KL(softmax(y_true) || softmax(y_pred)) over the batch (Keras scales it for distribution)."""
-
-        def call(self, y_true, y_pred):
-            return kl_divergence(y_true, y_pred)
-
-    class AdversarialModel(keras.Model):
-        def __init__(self):
-            super().__init__(name=f"{model.name}_adversarial")
-            self.inner = model
-            self._stash = _Stash()
-            self._kl = KL(name="kl")
-
-        def call(self, x, training=False):
-            return self.inner(x, training=training)
-
-        def train_step(self, data):
-            x, y = data[0], data[1]
-            x_adv = tf.stop_gradient(perturb(x, y, tf.convert_to_tensor(self.optimizer.iterations)))
-            self._stash.clean = x if beta is not None else None
-            try:  # Keras's own step (loss scaling, distribution, metrics) on the adversarial batch
-                return super().train_step((x_adv, y))
-            finally:
-                self._stash.clean = None
-
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            if self._stash.clean is None or not training:
-                return super().compute_loss(x, y, y_pred, sample_weight, training)
-            clean = self.inner(self._stash.clean, training=True)
-            return (super().compute_loss(x, y, clean, sample_weight, training)
-                    + beta * self._kl(clean, y_pred))
-
-    return AdversarialModel()
+# TensorFlow reads variables by reference inside the compiled step: the shared stateful step serves as it is.
+from robust.backend.common import adversarial_model  # noqa: E402,F401

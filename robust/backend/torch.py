@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from robust.backend.common import ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
+# The attack runs eagerly on the live parameters, then Keras's step: the shared stateful step serves as it is.
+from robust.backend.common import adversarial_model  # noqa: F401
 
 #: An operation without a derivative raises this when the gradient is taken.
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
@@ -153,6 +155,11 @@ def backend_versions() -> dict[str, str]:
 def distribution(gpus: int) -> tuple[str, Any]:
     """``(name, strategy)``: one device (Keras's PyTorch backend trains on one device per process)."""
     return "default (one device)", OneDevice()
+
+
+def mixed_precision_policy(gpus: int) -> str | None:
+    """The Keras policy for ``--mixed-precision``: float16 on GPUs (with loss scaling); none on the CPU."""
+    return "mixed_float16" if gpus else None
 
 
 def pipeline(x: np.ndarray, y: np.ndarray | None, batch_size: int, *, shuffle_seed: int | None = None):

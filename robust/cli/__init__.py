@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
-from robust import __version__  # noqa: E402
+from robust import __version__, check_keras_backend  # noqa: E402
 from robust.cli.common import RobustGroup  # noqa: E402
 
 
@@ -30,6 +30,8 @@ def main(debug: bool) -> None:
     Train the model zoo, attack it with FGSM, PGD and fooling images, and
     compare ConvNets with fully connected baselines in a report.
     """
+    # Here, inside the group's error handling, an unknown KERAS_BACKEND is exit code 2 with the list.
+    check_keras_backend()
 
 
 # Command modules register themselves on `main` when imported.

@@ -73,7 +73,8 @@ def adversarial_config(adversarial, adv_eps, adv_steps, adv_step_size, adv_beta,
 @click.option("--tensorboard", type=click.Path(file_okay=False, dir_okay=True), default=None, metavar="DIR",
               help="Write TensorBoard logs (epoch loss, accuracy, learning rate) to DIR.")
 @click.option("--force", is_flag=True, help="Replace a model already in --out (otherwise refused).")
-@click.option("--mixed-precision", is_flag=True, help="Compute in float16 on GPUs (ignored on the CPU).")
+@click.option("--mixed-precision", is_flag=True,
+              help="Compute in 16 bits: float16 on GPUs, bfloat16 on JAX (CPU too); else ignored on the CPU.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @adversarial_options
 def train_command(model_name, dataset, data_path, limit, seed, epochs, batch_size, lr, out_dir, model_option,
