@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from keras import ops
 
 from robust import backend
@@ -32,7 +34,8 @@ class PGD(Attack):
         norm: ``"inf"`` or ``"2"``.
         steps: gradient steps per restart (at least 1; 40 in the paper for MNIST).
         step_size: size of each step; ``None`` means ``2.5 * eps / steps``.
-        random_start: start each restart at a uniform random point of the ball instead of the image.
+        random_start: start each restart at a uniform random point of the ball instead of the image
+            (L2: every restart but the first, which starts at the image; see :meth:`_for_restart`).
         restarts: independent runs per image (at least 1); the worst case over all is kept.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (best other logit minus the label's
             logit, Carlini & Wagner 2017; does not vanish when the softmax saturates).
@@ -67,53 +70,77 @@ class PGD(Attack):
     def _restarts(self) -> int:
         return self.restarts
 
+    def _for_restart(self, restart: int) -> "PGD":
+        """L2: the first run starts at x, later ones at random points of the ball.
+
+        A uniform point of the L2 ball lies almost on its surface (the radius is ``eps * u^(1/d)``),
+        and starting there measured weaker than starting at x (README, "Measured targets"), so an L2
+        random start only ever adds runs to the one from x: never weaker than the plain attack.
+        """
+        if restart == 0 and self.random_start and self.norm.name == "2":
+            first = copy.copy(self)
+            first.random_start = False
+            return first
+        return self
+
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def _starts_at_x(self) -> bool:
         return not self.random_start
 
+    def _start(self, x, eps, rng, low, high):
+        """Where a run starts: a uniform random point of the ball (Madry et al.), or ``x`` itself."""
+        return ops.clip(x + self.norm.random_start(x, eps, rng), low, high) if self.random_start else x
+
     def _objective(self, z, goal):
         """The per-example number each step ascends (a subclass may ascend another, e.g. TRADES's KL)."""
         return objective(z, goal, loss=self.loss, targeted=self.targeted)
 
-    def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
-        norm, targeted, keep_all = self.norm, self.targeted, self._keep_every_iterate
+    def _keep_worse(self, goal, best, candidate, value_, z):
+        """Per image, the candidate if it succeeds where the best does not, or ties with a higher loss."""
+        best_x, best_value, best_ok, best_z = best
+        ok = success(z, goal, targeted=self.targeted)
+        better = ops.logical_or(ops.logical_and(ok, ops.logical_not(best_ok)),
+                                ops.logical_and(ops.equal(ok, best_ok), value_ > best_value))
+        column = (-1,) + (1,) * (len(candidate.shape) - 1)
+        return (ops.where(ops.reshape(better, column), candidate, best_x), ops.where(better, value_, best_value),
+                ops.logical_or(best_ok, ok), ops.where(better[:, None], z, best_z))
+
+    def _loop(self, logits: Logits, x, goal, start, best, first_z, steps, eps, step_size, low, high):
+        """``steps`` PGD steps from ``start``: ``(last iterate, best so far, logits of the first iterate)``."""
+        norm, keep_all = self.norm, self._keep_every_iterate
 
         def value(xt, labels):
             z = logits(xt)
             return self._objective(z, labels), z
 
         value_and_grad = backend.value_and_grad(value)
-        column = (-1,) + (1,) * (len(x.shape) - 1)
-
-        def keep_worse(best, candidate, value_, z):
-            """Per image, the candidate if it succeeds where the best does not, or ties with a higher loss."""
-            best_x, best_value, best_ok, best_z = best
-            ok = success(z, goal, targeted=targeted)
-            better = ops.logical_or(ops.logical_and(ok, ops.logical_not(best_ok)),
-                                    ops.logical_and(ops.equal(ok, best_ok), value_ > best_value))
-            return (ops.where(ops.reshape(better, column), candidate, best_x), ops.where(better, value_, best_value),
-                    ops.logical_or(best_ok, ok), ops.where(better[:, None], z, best_z))
 
         def step(i, state):
             current, best, first_z = state
             value_, grad, z = value_and_grad(current, goal)
             if keep_all:
-                best = keep_worse(best, current, value_, z)
-            if not self.random_start:
-                first_z = ops.where(ops.equal(i, 0), z, first_z)  # the logits of x itself
+                best = self._keep_worse(goal, best, current, value_, z)
+            first_z = ops.where(ops.equal(i, 0), z, first_z)  # with no random start: the logits of x itself
             moved = current + step_size * norm.normalize(grad)
             return ops.clip(x + norm.project(moved - x, eps), low, high), best, first_z
 
+        return ops.fori_loop(0, steps, step, (start, best, first_z))
+
+    def _fresh_best(self, logits: Logits, x):
         batch = ops.shape(x)[0]
         no_logits = ops.zeros((batch, logits.num_classes))
-        best = (x, ops.full((batch,), -float("inf")), ops.zeros((batch,), dtype="bool"), no_logits)
-        start = ops.clip(x + norm.random_start(x, eps, rng), low, high) if self.random_start else x
-        final, best, first_z = ops.fori_loop(0, self.steps, step, (start, best, no_logits))
+        return (x, ops.full((batch,), -float("inf")), ops.zeros((batch,), dtype="bool"), no_logits), no_logits
+
+    def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
+        best, no_logits = self._fresh_best(logits, x)
+        start = self._start(x, eps, rng, low, high)
+        final, best, first_z = self._loop(logits, x, goal, start, best, no_logits, self.steps, eps, step_size, low,
+                                          high)
         clean_z = None if self.random_start else first_z
-        if not keep_all:
+        if not self._keep_every_iterate:
             return final, clean_z, None
         z = logits(final)
-        best = keep_worse(best, final, self._objective(z, goal), z)
+        best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
         return best[0], clean_z, best[3]

@@ -188,3 +188,18 @@ def test_study_reports_robust_accuracy_radius_and_masking(trained_lenet, scaled_
         assert f"{100 * auto[('mlp', 0.2)]:.1f}%" in text
     assert (out / "figures" / "radius_cdf.png").is_file()
     assert "| made on \\\\ evaluated on | LeNet-5 | LeNet-5 x1000 | MLP |" in md
+
+
+def test_robust_attack_writes_each_images_radius(trained_lenet, tmp_path, data_dir):
+    path = tmp_path / "lenet.keras"
+    trained_lenet.save(path)
+    out = tmp_path / "a.json"
+    result = CliRunner().invoke(main, ["attack", str(path), "--dataset", "mnist", "--limit", "100", "--attack", "fgsm",
+                                       "--eps", "0,0.1,0.2", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    radius = np.array([np.inf if r is None else r for r in written["radius"]["per_image"]])
+    assert len(radius) == 100 and set(np.unique(radius)) <= {0.0, 0.1, 0.2, np.inf}
+    for row in written["rows"]:
+        assert 1 - row["adversarial_accuracy"] == pytest.approx(np.mean(radius <= row["eps"]))
+    assert "median robustness radius" in result.output

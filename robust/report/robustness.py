@@ -51,7 +51,10 @@ def headline(results: dict) -> dict:
         models[mk] = {"label": m["label"], "clean": m.get("subset_clean_accuracy", m["test_accuracy"]),
                       "robust": {r["eps"]: r["adversarial_accuracy"] for r in rows if r["eps"] > 0},
                       "others": others, "radius": radius_summary(rows), "flag": _flag(m)}
-    return {"attack": key, "exact": key is not None, "eps": eps, "models": models}
+    params = next((r.get("params", {}) for r in records if key is not None and r["attack_key"] == key), {})
+    budget = (f"APGD {params['steps']} steps, APGD-T {params['n_target_classes']} target classes, Square "
+              f"{params['queries']} queries" if {"steps", "n_target_classes", "queries"} <= set(params) else "")
+    return {"attack": key, "exact": key is not None, "eps": eps, "models": models, "budget": budget}
 
 
 def headline_findings(head: dict) -> list[str]:
@@ -83,7 +86,7 @@ def masking(results: dict) -> dict:
     names = ("Square does not beat", "finds little more than", "white-box attack at least as strong")
     checks = {k: [c for c in m["checks"] if any(n in c["check"] for n in names)] for k, m in results["models"].items()}
     transfer = results.get("transfer")
-    return {"transfer": transfer, "checks": checks, "keys": list(results["models"])}
+    return {"transfer": transfer, "checks": checks, "order": list(results["models"])}
 
 
 def headline_lines(results: dict) -> list[str]:
