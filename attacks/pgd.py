@@ -9,11 +9,14 @@ import copy
 
 from keras import ops
 
+import numpy as np
+
 from robust import backend
+from robust.attacks.driver import run_batches
 from robust.attacks.base import Attack, check_number
 from robust.attacks.norms import Norm
 from robust.errors import RobustError
-from robust.gradients import Logits, check_loss, objective, success
+from robust.gradients import Logits, cached, check_loss, objective, success
 
 
 class PGD(Attack):
@@ -50,6 +53,9 @@ class PGD(Attack):
     name = "pgd"
     strength = 2
     _keep_every_iterate = True
+    #: Steps between compactions: every this many steps the batch drops the points already broken
+    #: (None: one compiled loop over all steps). Per-image keys make the broken set the same either way.
+    _compact_every: int | None = 10
 
     def __init__(self, *, eps: float = 0.3, norm: str | Norm = "inf", steps: int = 40,
                  step_size: float | None = None, random_start: bool = True, restarts: int = 1,
@@ -144,3 +150,72 @@ class PGD(Attack):
         z = logits(final)
         best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
         return best[0], clean_z, best[3]
+
+
+    # ---------------------------------------------------------- compaction
+
+    def _drive(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
+        """The base driver, or segments of ``_compact_every`` steps each on the points still standing.
+
+        A point broken in a segment keeps its best broken iterate and takes no more steps; the others
+        continue from their last iterate, so their trajectory, and the set of broken points, is the
+        one of the single compiled loop. Broken points may return an earlier adversarial image.
+        """
+        every = self._compact_every
+        if not every or self.steps <= every or not self._keep_every_iterate:
+            return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
+                                  progress)
+        from robust.attacks.base import _predict
+
+        low, high = value_range
+        xs, ys = x[todo], None if y is None else y[todo]
+        ts = None if target is None else target[todo]
+        clean_pred, clean_conf, _ = _predict(logits, xs, ys, ts, batch_size)
+        labels = clean_pred if ys is None else ys
+        goal = (labels if ts is None else ts).astype(np.int32)
+        current, best_x = xs.copy(), xs.copy()
+        best_value, best_ok = np.full(len(xs), -np.inf, np.float32), np.zeros(len(xs), bool)
+        kernel = self._segment_kernel(model, logits, xs.shape[1:])
+        constants = [backend.tensor(v) for v in (self.eps, self._step_size(), low, high)]
+        for first in range(0, self.steps, every):
+            active = np.flatnonzero(~best_ok)
+            if len(active) == 0:
+                break
+            per_image = [(xs[active], "float32"), (current[active], "float32"), (goal[active], "int32"),
+                         (best_x[active], "float32"), (best_value[active], "float32"), (best_ok[active], "bool")]
+            steps = [backend.tensor(restart, "int32"), backend.tensor(int(first == 0), "int32"),
+                     backend.tensor(min(every, self.steps - first), "int32")]
+            out = run_batches(kernel, logits.state(), per_image, steps + constants, seed=self.seed,
+                              indices=keys_from[active], batch_size=batch_size, progress=False)
+            current[active], best_x[active], best_value[active], best_ok[active] = out
+        adv_pred, adv_conf, score = _predict(logits, best_x, labels, ts, batch_size)
+        size = backend.to_numpy(self.norm.distance(backend.tensor(best_x - xs)))
+        return [best_x, labels, clean_pred, clean_conf, adv_pred, adv_conf, size, score]
+
+    def _segment_kernel(self, model, logits: Logits, image_shape):
+        """Compiled: up to ``steps`` PGD steps from ``current`` (from the random start when ``first``), best kept."""
+        key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape))
+
+        def build(proxy):
+            def run(state, x, current, goal, best_x, best_value, best_ok, keys, restart, first, steps, eps,
+                    step_size, low, high):
+                bound = logits.bind(state)
+                start = ops.where(first > 0, self._start(x, eps, backend.Rng(keys).fold(restart), low, high),
+                                  current)
+                no_logits = ops.zeros((ops.shape(x)[0], logits.num_classes))
+                best = (best_x, best_value, best_ok, no_logits)
+                final, best, _ = self._loop(bound, x, goal, start, best, no_logits, steps, eps, step_size, low,
+                                            high)
+                z = bound(final)
+                best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
+                return final, best[0], best[1], best[2]
+
+            image = backend.spec((None,) + tuple(image_shape))
+            vector = backend.spec((None,))
+            scalar, count = backend.spec(()), backend.spec((), "int32")
+            signature = [logits.state_signature(), image, image, backend.spec((None,), "int32"), image, vector,
+                         backend.spec((None,), "bool"), backend.spec((None, 2), "int32"), count, count, count,
+                         scalar, scalar, scalar, scalar]
+            return backend.compile(run, signature)
+
+        return cached(model, key, build)
