@@ -261,6 +261,10 @@ class Attack:
         """Independent runs per image; the driver keeps the worst case (:meth:`AttackResult.worst_of`)."""
         return 1
 
+    def _for_restart(self, restart: int) -> "Attack":
+        """The attack that runs restart number ``restart`` (this one; PGD's first L2 run starts at x)."""
+        return self
+
     def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
         """Adversarial images for one batch, written with ``keras.ops`` (runs compiled).
 
@@ -424,8 +428,8 @@ class Attack:
             todo = np.flatnonzero(standing)
             if len(todo) == 0:
                 break
-            out = self._drive(model, logits, x, y, target, indices[todo], todo, restart, (low, high), batch_size,
-                            progress)
+            out = self._for_restart(restart)._drive(model, logits, x, y, target, indices[todo], todo, restart,
+                                                    (low, high), batch_size, progress)
             found = self._assemble_result(model, logits, x, y, target, indices, batch_size, todo, out, result)
             result = found if result is None else result.worst_of(found)
             standing &= ~result.success

@@ -5,13 +5,18 @@
 
 from __future__ import annotations
 
+import copy
+
 from keras import ops
 
+import numpy as np
+
 from robust import backend
+from robust.attacks.driver import run_batches
 from robust.attacks.base import Attack, check_number
 from robust.attacks.norms import Norm
 from robust.errors import RobustError
-from robust.gradients import Logits, check_loss, objective, success
+from robust.gradients import Logits, cached, check_loss, objective, success
 
 
 class PGD(Attack):
@@ -32,7 +37,8 @@ class PGD(Attack):
         norm: ``"inf"`` or ``"2"``.
         steps: gradient steps per restart (at least 1; 40 in the paper for MNIST).
         step_size: size of each step; ``None`` means ``2.5 * eps / steps``.
-        random_start: start each restart at a uniform random point of the ball instead of the image.
+        random_start: start each restart at a uniform random point of the ball instead of the image
+            (L2: every restart but the first, which starts at the image; see :meth:`_for_restart`).
         restarts: independent runs per image (at least 1); the worst case over all is kept.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (best other logit minus the label's
             logit, Carlini & Wagner 2017; does not vanish when the softmax saturates).
@@ -47,6 +53,9 @@ class PGD(Attack):
     name = "pgd"
     strength = 2
     _keep_every_iterate = True
+    #: Steps between compactions: every this many steps the batch drops the points already broken
+    #: (None: one compiled loop over all steps). Per-image keys make the broken set the same either way.
+    _compact_every: int | None = 10
 
     def __init__(self, *, eps: float = 0.3, norm: str | Norm = "inf", steps: int = 40,
                  step_size: float | None = None, random_start: bool = True, restarts: int = 1,
@@ -67,53 +76,146 @@ class PGD(Attack):
     def _restarts(self) -> int:
         return self.restarts
 
+    def _for_restart(self, restart: int) -> "PGD":
+        """L2: the first run starts at x, later ones at random points of the ball.
+
+        A uniform point of the L2 ball lies almost on its surface (the radius is ``eps * u^(1/d)``),
+        and starting there measured weaker than starting at x (README, "Measured targets"), so an L2
+        random start only ever adds runs to the one from x: never weaker than the plain attack.
+        """
+        if restart == 0 and self.random_start and self.norm.name == "2":
+            first = copy.copy(self)
+            first.random_start = False
+            return first
+        return self
+
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def _starts_at_x(self) -> bool:
         return not self.random_start
 
+    def _start(self, x, eps, rng, low, high):
+        """Where a run starts: a uniform random point of the ball (Madry et al.), or ``x`` itself."""
+        return ops.clip(x + self.norm.random_start(x, eps, rng), low, high) if self.random_start else x
+
     def _objective(self, z, goal):
         """The per-example number each step ascends (a subclass may ascend another, e.g. TRADES's KL)."""
         return objective(z, goal, loss=self.loss, targeted=self.targeted)
 
-    def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
-        norm, targeted, keep_all = self.norm, self.targeted, self._keep_every_iterate
+    def _keep_worse(self, goal, best, candidate, value_, z):
+        """Per image, the candidate if it succeeds where the best does not, or ties with a higher loss."""
+        best_x, best_value, best_ok, best_z = best
+        ok = success(z, goal, targeted=self.targeted)
+        better = ops.logical_or(ops.logical_and(ok, ops.logical_not(best_ok)),
+                                ops.logical_and(ops.equal(ok, best_ok), value_ > best_value))
+        column = (-1,) + (1,) * (len(candidate.shape) - 1)
+        return (ops.where(ops.reshape(better, column), candidate, best_x), ops.where(better, value_, best_value),
+                ops.logical_or(best_ok, ok), ops.where(better[:, None], z, best_z))
+
+    def _loop(self, logits: Logits, x, goal, start, best, first_z, steps, eps, step_size, low, high):
+        """``steps`` PGD steps from ``start``: ``(last iterate, best so far, logits of the first iterate)``."""
+        norm, keep_all = self.norm, self._keep_every_iterate
 
         def value(xt, labels):
             z = logits(xt)
             return self._objective(z, labels), z
 
         value_and_grad = backend.value_and_grad(value)
-        column = (-1,) + (1,) * (len(x.shape) - 1)
-
-        def keep_worse(best, candidate, value_, z):
-            """Per image, the candidate if it succeeds where the best does not, or ties with a higher loss."""
-            best_x, best_value, best_ok, best_z = best
-            ok = success(z, goal, targeted=targeted)
-            better = ops.logical_or(ops.logical_and(ok, ops.logical_not(best_ok)),
-                                    ops.logical_and(ops.equal(ok, best_ok), value_ > best_value))
-            return (ops.where(ops.reshape(better, column), candidate, best_x), ops.where(better, value_, best_value),
-                    ops.logical_or(best_ok, ok), ops.where(better[:, None], z, best_z))
 
         def step(i, state):
             current, best, first_z = state
             value_, grad, z = value_and_grad(current, goal)
             if keep_all:
-                best = keep_worse(best, current, value_, z)
-            if not self.random_start:
-                first_z = ops.where(ops.equal(i, 0), z, first_z)  # the logits of x itself
+                best = self._keep_worse(goal, best, current, value_, z)
+            first_z = ops.where(ops.equal(i, 0), z, first_z)  # with no random start: the logits of x itself
             moved = current + step_size * norm.normalize(grad)
             return ops.clip(x + norm.project(moved - x, eps), low, high), best, first_z
 
+        return ops.fori_loop(0, steps, step, (start, best, first_z))
+
+    def _fresh_best(self, logits: Logits, x):
         batch = ops.shape(x)[0]
         no_logits = ops.zeros((batch, logits.num_classes))
-        best = (x, ops.full((batch,), -float("inf")), ops.zeros((batch,), dtype="bool"), no_logits)
-        start = ops.clip(x + norm.random_start(x, eps, rng), low, high) if self.random_start else x
-        final, best, first_z = ops.fori_loop(0, self.steps, step, (start, best, no_logits))
+        return (x, ops.full((batch,), -float("inf")), ops.zeros((batch,), dtype="bool"), no_logits), no_logits
+
+    def _perturb(self, logits: Logits, x, goal, rng, eps, step_size, low, high):
+        best, no_logits = self._fresh_best(logits, x)
+        start = self._start(x, eps, rng, low, high)
+        final, best, first_z = self._loop(logits, x, goal, start, best, no_logits, self.steps, eps, step_size, low,
+                                          high)
         clean_z = None if self.random_start else first_z
-        if not keep_all:
+        if not self._keep_every_iterate:
             return final, clean_z, None
         z = logits(final)
-        best = keep_worse(best, final, self._objective(z, goal), z)
+        best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
         return best[0], clean_z, best[3]
+
+
+    # ---------------------------------------------------------- compaction
+
+    def _drive(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
+        """The base driver, or segments of ``_compact_every`` steps each on the points still standing.
+
+        A point broken in a segment keeps its best broken iterate and takes no more steps; the others
+        continue from their last iterate, so their trajectory, and the set of broken points, is the
+        one of the single compiled loop. Broken points may return an earlier adversarial image.
+        """
+        every = self._compact_every
+        if not every or self.steps <= every or not self._keep_every_iterate:
+            return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
+                                  progress)
+        from robust.attacks.base import _predict
+
+        low, high = value_range
+        xs, ys = x[todo], None if y is None else y[todo]
+        ts = None if target is None else target[todo]
+        clean_pred, clean_conf, _ = _predict(logits, xs, ys, ts, batch_size)
+        labels = clean_pred if ys is None else ys
+        goal = (labels if ts is None else ts).astype(np.int32)
+        current, best_x = xs.copy(), xs.copy()
+        best_value, best_ok = np.full(len(xs), -np.inf, np.float32), np.zeros(len(xs), bool)
+        kernel = self._segment_kernel(model, logits, xs.shape[1:])
+        constants = [backend.tensor(v) for v in (self.eps, self._step_size(), low, high)]
+        for first in range(0, self.steps, every):
+            active = np.flatnonzero(~best_ok)
+            if len(active) == 0:
+                break
+            per_image = [(xs[active], "float32"), (current[active], "float32"), (goal[active], "int32"),
+                         (best_x[active], "float32"), (best_value[active], "float32"), (best_ok[active], "bool")]
+            steps = [backend.tensor(restart, "int32"), backend.tensor(int(first == 0), "int32"),
+                     backend.tensor(min(every, self.steps - first), "int32")]
+            out = run_batches(kernel, logits.state(), per_image, steps + constants, seed=self.seed,
+                              indices=keys_from[active], batch_size=batch_size, progress=False)
+            current[active], best_x[active], best_value[active], best_ok[active] = out
+        adv_pred, adv_conf, score = _predict(logits, best_x, labels, ts, batch_size)
+        size = backend.to_numpy(self.norm.distance(backend.tensor(best_x - xs)))
+        return [best_x, labels, clean_pred, clean_conf, adv_pred, adv_conf, size, score]
+
+    def _segment_kernel(self, model, logits: Logits, image_shape):
+        """Compiled: up to ``steps`` PGD steps from ``current`` (from the random start when ``first``), best kept."""
+        key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape))
+
+        def build(proxy):
+            def run(state, x, current, goal, best_x, best_value, best_ok, keys, restart, first, steps, eps,
+                    step_size, low, high):
+                bound = logits.bind(state)
+                start = ops.where(first > 0, self._start(x, eps, backend.Rng(keys).fold(restart), low, high),
+                                  current)
+                no_logits = ops.zeros((ops.shape(x)[0], logits.num_classes))
+                best = (best_x, best_value, best_ok, no_logits)
+                final, best, _ = self._loop(bound, x, goal, start, best, no_logits, steps, eps, step_size, low,
+                                            high)
+                z = bound(final)
+                best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
+                return final, best[0], best[1], best[2]
+
+            image = backend.spec((None,) + tuple(image_shape))
+            vector = backend.spec((None,))
+            scalar, count = backend.spec(()), backend.spec((), "int32")
+            signature = [logits.state_signature(), image, image, backend.spec((None,), "int32"), image, vector,
+                         backend.spec((None,), "bool"), backend.spec((None, 2), "int32"), count, count, count,
+                         scalar, scalar, scalar, scalar]
+            return backend.compile(run, signature)
+
+        return cached(model, key, build)

@@ -11,7 +11,8 @@ Kinds of cell:
 
 * :class:`robust.training.TrainCell` (:func:`robust.training.train_cell`): a model to train;
 * :class:`AttackCell`: one model x one attack over an eps tuple -> one row per eps;
-* :class:`ExtrasCell`: one model's masking measurements and the arrays behind its figures.
+* :class:`ExtrasCell`: one model's masking measurements and the arrays behind its figures;
+* :class:`TransferCell`: adversarial examples made on one model, evaluated on every model of the study.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import types
 from typing import Any
 
 import numpy as np
@@ -86,25 +88,49 @@ class ExtrasCell:
     saliency: int
     fooling: tuple[tuple[str, Any], ...] | None
     seed: int
+    check_eps: float | None = None                  # PGD-40 against PGD-100 at this eps (None: not measured)
+    pgd_params: tuple[tuple[str, Any], ...] = ()    # the spec's PGD (norm, loss, random start) for that check
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferCell:
+    """Adversarial examples made on ``source`` by a white-box attack at ``eps``, evaluated on every model.
+
+    The diagonal of the study's transfer matrix is the source's own white-box accuracy on the same
+    images; a model that does worse on examples made on another model than on its own is masking
+    its gradient (Athalye et al. 2018).
+    """
+
+    source: str
+    models: tuple[tuple[str, ModelRef], ...]        # every model of the study (the source among them)
+    data: DataRef
+    attack: str
+    params: tuple[tuple[str, Any], ...]
+    eps: float
+    indices: tuple[int, ...]
+    seed: int
 
 
 @dataclasses.dataclass(frozen=True)
 class CellResult:
-    """What :func:`run_cell` returns: record rows (attack cells), checks and arrays (extras cells)."""
+    """What :func:`run_cell` returns: record rows (attack cells), checks and arrays (extras cells), transfer."""
 
     rows: list[dict]
     checks: dict | None = None
     arrays: dict[str, np.ndarray] | None = None
+    transfer: dict | None = None
 
 
-def run_cell(cell: AttackCell | ExtrasCell) -> CellResult:
+def run_cell(cell: AttackCell | ExtrasCell | TransferCell) -> CellResult:
     """Compute a cell; a pure function of it (the same rows in any process)."""
     if isinstance(cell, AttackCell):
         return merge_shards(cell, [attack_results(cell)])
     if isinstance(cell, ExtrasCell):
         checks, arrays = _extras(cell)
         return CellResult(rows=[], checks=checks, arrays=arrays)
-    raise RobustError(f"run_cell expects an AttackCell or ExtrasCell; received {type(cell).__name__}.")
+    if isinstance(cell, TransferCell):
+        return CellResult(rows=[], transfer=_transfer(cell))
+    raise RobustError(f"run_cell expects an AttackCell, ExtrasCell or TransferCell; received {type(cell).__name__}.")
 
 
 # ------------------------------------------------------------------- loading
@@ -224,7 +250,8 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     x, y, model, (lo, hi) = _test_images(cell)
     params = dict(cell.strongest_params)
     checks = gradient_checks(model, x, y, value_range=(lo, hi), seed=cell.seed,
-                             attack_params=params if cell.strongest == "pgd" else {})
+                             attack_params=params if cell.strongest == "pgd" else dict(cell.pgd_params),
+                             check_eps=cell.check_eps)
     k, s = min(cell.examples, len(x)), min(cell.saliency, len(x))
     ex = get_attack(cell.strongest, eps=float(cell.example_eps), seed=cell.seed, **params)(
         model, x[:k], y[:k], value_range=(lo, hi), indices=np.asarray(cell.indices[:k]))
@@ -241,6 +268,30 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     # "What the network learned": a few layers, a few units each.
     arrays.update(report_arrays(model, x, value_range=(lo, hi), seed=cell.seed))
     return checks, arrays
+
+
+def _transfer(cell: TransferCell) -> dict:
+    """Each model's accuracy on the adversarial examples made on ``cell.source``.
+
+    Eps is in the source's value range, as every eps of a study; the images travel between
+    models in [0, 1] and are mapped into each target's range.
+    """
+    from robust.attacks import get_attack
+    from robust.data import scale_to
+
+    models = dict(cell.models)
+    source = types.SimpleNamespace(model=models[cell.source], data=cell.data, indices=cell.indices)
+    x, y, model, (lo, hi) = _test_images(source)
+    attack = get_attack(cell.attack, eps=cell.eps, seed=cell.seed, **dict(cell.params))
+    made = attack(model, x, y, value_range=(lo, hi), indices=np.asarray(cell.indices), progress=False)
+    unit = (made.x_adv - lo) / (hi - lo)
+    accuracy = {}
+    for key, ref in cell.models:
+        loaded = load_ref(ref)
+        target_range = tuple(float(v) for v in loaded.value_range)
+        logits = np.asarray(loaded.model.predict(scale_to(unit, target_range), batch_size=256, verbose=0))
+        accuracy[key] = float(np.mean(logits.argmax(1) == y))
+    return {"source": cell.source, "attack": cell.attack, "eps": cell.eps, "n": int(len(y)), "accuracy": accuracy}
 
 
 def _fooling(model, f: dict, value_range, seed: int):

@@ -109,6 +109,44 @@ def evaluate_attack(model, attack_name: str, x: np.ndarray, y: np.ndarray | None
     return rows
 
 
+def smallest_breaking_eps(results: Sequence[AttackResult]) -> np.ndarray:
+    """Each image's robustness radius on a sweep's grid: the smallest eps whose attack broke it.
+
+    Args:
+        results: the sweep's results (as :func:`evaluate_attack` passes them to ``on_result``), any order.
+
+    Returns:
+        Per image, the smallest eps at which it is misclassified (0 for a clean mistake);
+        ``inf`` where no eps of the grid broke it.
+    """
+    if not results:
+        return np.zeros(0)
+    ordered = sorted(results, key=lambda r: r.eps)
+    first = ordered[0]
+    radius = np.where((first.clean_pred != first.labels) & (first.target is None), 0.0, np.inf)
+    for r in ordered:
+        radius = np.where(np.isinf(radius) & r.success, r.eps, radius)
+    return radius
+
+
+def radius_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The distribution of the robustness radius from a sweep's rows (one model, one attack).
+
+    In a sweep an image broken at eps stays broken at every larger eps, so the share of
+    images whose radius is at most eps is ``1 - adversarial_accuracy(eps)``: the rows hold the
+    radius's CDF on the grid, the same as :func:`smallest_breaking_eps` counts per image.
+
+    Returns:
+        ``{"cdf": [[eps, share broken], ...], "median": eps or None, "beyond": share never broken}``:
+        ``median`` is the smallest grid eps at which at least half the images are broken, ``None``
+        when more than half survive the largest eps (the median lies beyond the grid).
+    """
+    rows = sorted(rows, key=lambda r: r["eps"])
+    cdf = [[float(r["eps"]), 1.0 - float(r["adversarial_accuracy"])] for r in rows]
+    median = next((e for e, share in cdf if share >= 0.5), None)
+    return {"cdf": cdf, "median": median, "beyond": 1.0 - cdf[-1][1] if cdf else None}
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows of :func:`evaluate_attack` as a fixed-width text table."""
     norm = {"inf": "Linf", "2": "L2"}.get(rows[0]["norm"], rows[0]["norm"]) if rows else ""

@@ -134,8 +134,8 @@ class RayMapper:
             units = [(s, attack_results) for s in cell.shards(self.shard_size)] if sharded else [(cell, fn)]
             parts[i] = [None] * len(units)
             for j, (unit, unit_fn) in enumerate(units):
-                data, model = self._ship(unit)
-                pending[task.remote(unit_fn, unit, data, model)] = (i, j)
+                data, models = self._ship(unit)
+                pending[task.remote(unit_fn, unit, data, *models)] = (i, j)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             i, j = pending.pop(done[0])
@@ -158,14 +158,16 @@ class RayMapper:
             if not training:
                 ds = dataclasses.replace(ds, x_train=ds.x_train[:0], y_train=ds.y_train[:0])
             self._shipped[key] = ray.put(ds)
-        model = getattr(cell, "model", None)  # a TrainCell's model is a zoo name: nothing to ship
-        files = None
-        if isinstance(model, ModelRef) and os.path.exists(model.ref):
+        files = []
+        for model in _models_of(cell):  # a TrainCell's model is a zoo name: nothing to ship
+            if not (isinstance(model, ModelRef) and os.path.exists(model.ref)):
+                files.append(None)
+                continue
             path = Path(model.ref)
             key = ("model", str(path.resolve()), _stamp(path))
             if key not in self._shipped:
                 self._shipped[key] = ray.put(_model_files(path))
-            files = self._shipped[key]
+            files.append(self._shipped[key])
         return self._shipped[("data", ref, training)], files
 
 
@@ -222,18 +224,30 @@ def _data_ref(cell):
     return DataRef(cell.dataset, cell.data_path, cell.train_limit, cell.seed)
 
 
-def _run_task(fn: Callable, cell, dataset, model_files: tuple | None):
+def _models_of(cell) -> list:
+    """The models a cell loads, in order: its ``model``, or every model of a transfer cell's ``models``."""
+    if hasattr(cell, "models"):
+        return [model for _, model in cell.models]
+    return [getattr(cell, "model", None)]
+
+
+def _run_task(fn: Callable, cell, dataset, *model_files: tuple | None):
     """What a Ray task runs: take the shipped data and model files, then compute the pure cell function.
 
-    ``dataset`` and ``model_files`` arrive as top-level arguments, so Ray hands over the values behind
-    the driver's object references (numpy arrays without a copy on the worker's machine).
+    ``dataset`` and ``model_files`` (one per model of :func:`_models_of`, None for a zoo name) arrive
+    as top-level arguments, so Ray hands over the values behind the driver's object references
+    (numpy arrays without a copy on the worker's machine).
     """
     from robust.cells import provide_data
 
     provide_data(_data_ref(cell), dataset)
-    if model_files is not None:
-        local = _materialize(*model_files)
-        cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, ref=str(local)))
+    local = [None if files is None else str(_materialize(*files)) for files in model_files]
+    if hasattr(cell, "models"):
+        models = tuple((key, model if path is None else dataclasses.replace(model, ref=path))
+                       for (key, model), path in zip(cell.models, local))
+        return fn(dataclasses.replace(cell, models=models))
+    if local and local[0] is not None:
+        cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, ref=local[0]))
     return fn(cell)
 
 

@@ -14,7 +14,7 @@ Layout of a run folder::
 
     spec.json               the validated spec this run was started with
     models/<key>/           model.keras + model.json (a `robust train` folder) + settings.json
-    records/*.json          one file per model x attack x eps, plus <key>__checks.json
+    records/*.json          one file per model x attack x eps, plus <key>__checks.json and <key>__transfer.json
     arrays/<key>.npz        example, saliency, filter and fooling-image arrays for the figures
     results.json            everything above assembled (schema: robust.results/1)
     figures/*.png, report.html, report.md
@@ -46,6 +46,8 @@ from robust.spec import Spec, settings_hash, threat_tag
 
 LOCK_FILE = ".robust.lock"
 WALL_CLOCK_KEYS = ("seconds", "started", "finished", "train_seconds")
+#: Images of the transfer matrix (the first of the attacked subset): enough to see a gap of a few points.
+TRANSFER_IMAGES = 200
 
 
 @contextlib.contextmanager
@@ -142,6 +144,10 @@ class Study:
             self._attack_all(models, data)
             results = self.assemble(models, data, started=started, seconds=time.perf_counter() - t0)
             write_json(self.out / "results.json", results)
+        from robust.report.robustness import headline_lines
+
+        for line in headline_lines(results):  # the headline number, in the terminal too
+            self.echo(line)
         if render:
             from robust.report import render_report
 
@@ -238,9 +244,28 @@ class Study:
         extras = [ExtrasCell(key, m["ref"], data["ref"], data["indices"], strongest.name,
                              tuple(sorted(strongest.params.items())), float(self.spec.report["example_eps"]),
                              int(self.spec.report["examples"]), int(self.spec.report["saliency"]),
-                             tuple(sorted(f.items())) if f["enabled"] else None, self.spec.seed)
+                             tuple(sorted(f.items())) if f["enabled"] else None, self.spec.seed,
+                             check_eps=float(self.spec.report["example_eps"]) or None,
+                             pgd_params=tuple(sorted(self._check_attack()[1].items())))
                   for key, m in models.items()]
         return attacks, extras
+
+    def _check_attack(self) -> tuple[str, dict]:
+        """The white-box attack of the masking checks: the spec's first PGD (its norm, loss, steps), else PGD-40."""
+        pgd = next((a for a in self.spec.attacks if a.name == "pgd"), None)
+        return "pgd", dict(pgd.params) if pgd else {"steps": 40}
+
+    def _transfer_cells(self, models: dict, data: dict) -> list:
+        """One cell per model with another model to transfer to: its examples at the example eps on 200 images."""
+        from robust.cells import TransferCell
+
+        eps = float(self.spec.report["example_eps"])
+        if len(models) < 2 or eps <= 0:
+            return []
+        attack, params = self._check_attack()
+        refs = tuple((key, m["ref"]) for key, m in models.items())
+        return [TransferCell(key, refs, data["ref"], attack, tuple(sorted(params.items())), eps,
+                             data["indices"][:TRANSFER_IMAGES], self.spec.seed) for key in models]
 
     # -- computing through the mapper, writing here --------------------------
 
@@ -254,6 +279,7 @@ class Study:
                 if not all((records / _record_name(c.model_key, c.attack_key, e)).exists() for e in c.eps)]
         extra = [c for c in extras_cells if not (records / f"{c.model_key}__checks.json").exists()
                  or not (self.out / "arrays" / f"{c.model_key}.npz").exists()]
+        extra += [c for c in self._transfer_cells(models, data) if not (records / f"{c.source}__transfer.json").exists()]
         rows = [(c.model_key, c.attack_key, e) for c in attack_cells for e in c.eps]
         done = sum((records / _record_name(*r)).exists() for r in rows)
         if done:
@@ -262,11 +288,14 @@ class Study:
         self._grow_bar(len(todo) + len(extra))
         for i, result in self.mapper(run_cell, todo + extra):
             cell = (todo + extra)[i]
-            self._bar.set_postfix_str(f"{cell.model_key} {getattr(cell, 'attack_key', 'checks, examples, fooling')}")
+            self._bar.set_postfix_str(f"{getattr(cell, 'model_key', getattr(cell, 'source', ''))} "
+                                      f"{getattr(cell, 'attack_key', 'checks, examples, fooling, transfer')}")
             for row in result.rows:
                 write_json(records / _record_name(row["model"], row["attack_key"], row["eps"]), row)
             if result.checks is not None:
                 self._write_extras(cell.model_key, result)
+            if result.transfer is not None:
+                write_json(records / f"{result.transfer['source']}__transfer.json", result.transfer)
             self._bar.update()
 
     def _grow_bar(self, cells: int) -> None:
@@ -309,6 +338,12 @@ class Study:
                    for key in models for a in self.spec.attacks for e in self.spec.eps]
         model_info = {key: self._model_info(key, m, [r for r in records if r["model"] == key], ds)
                       for key, m in models.items()}
+        transfer = self._transfer_matrix(models)
+        if transfer:
+            from robust.checks import transfer_checks
+
+            for key, checks in transfer_checks(transfer, {k: m["label"] for k, m in model_info.items()}).items():
+                model_info[key]["checks"] += checks
         return {
             "schema": RESULTS_SCHEMA,
             "name": self.spec.name,
@@ -329,7 +364,18 @@ class Study:
             },
             "models": model_info,
             "records": records,
+            "transfer": transfer,
         }
+
+    def _transfer_matrix(self, models: dict) -> dict | None:
+        """``{"attack", "eps", "n", "accuracy": {source: {target: accuracy}}}`` from the transfer records."""
+        files = [self.out / "records" / f"{key}__transfer.json" for key in models]
+        found = [json.loads(f.read_text()) for f in files if f.exists()]
+        if not found:
+            return None
+        first = found[0]
+        return {"attack": first["attack"], "eps": first["eps"], "n": first["n"],
+                "accuracy": {t["source"]: t["accuracy"] for t in found}}
 
     def _model_info(self, key: str, m: dict, records: list[dict], ds) -> dict:
         checks_raw = json.loads((self.out / "records" / f"{key}__checks.json").read_text())

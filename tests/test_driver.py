@@ -52,8 +52,10 @@ def test_random_starts_do_not_depend_on_the_batch_size(trained_lenet, batch, nor
     b = attack(trained_lenet, x, y, batch_size=250)
     if norm == "inf":  # the sign step makes the images bit-identical
         np.testing.assert_array_equal(a.x_adv, b.x_adv)
-    else:  # L2 steps scale the gradient; convolutions over other batch shapes round differently (~1e-7)
-        np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-5)
+    else:  # L2 steps scale the gradient; convolutions over other batch shapes round differently (~1e-7).
+        # The first L2 restart starts at x, where a confident image's gradient can be tiny: its unit
+        # direction amplifies that rounding (measured: one image of 300 moved by 4.6e-4), never the predictions.
+        np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-3)
     np.testing.assert_array_equal(a.adv_pred, b.adv_pred)
 
 

@@ -19,7 +19,7 @@ def test_builtin_default_spec_is_the_documented_study():
     assert spec.name == "mnist" and spec.dataset == "mnist"
     assert [m.name for m in spec.models] == ["lenet5", "mlp", "mlp"]
     assert spec.models[2].options == {"match": "lenet5"}
-    assert [a.name for a in spec.attacks] == ["fgsm", "pgd"]
+    assert [a.name for a in spec.attacks] == ["fgsm", "pgd", "auto"]  # auto: the headline, robust accuracy
     assert all(a.params.get("norm", "inf") == "inf" for a in spec.attacks)
     assert spec.eps == (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
     assert spec.fooling["classes"] == "all"

@@ -199,20 +199,34 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     model_name = card.get("model", model.name)
     echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
     x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
+    results = []  # the sweep's results, for each image's robustness radius
     rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
                            batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
-                           on_result=save if save_examples else None, **params)
+                           on_result=lambda r: (results.append(r), save_examples and save(r)), **params)
     click.echo(format_table(rows))
+    radius = _radius(results, rows)
     from robust.artifacts import write_json
 
     write_json(out_path, {
         "command": "attack", "model": str(model_ref), "model_name": model_name, "dataset": dataset,
         "data_source": data.source, "value_range": list(value_range), "n": len(data.x_test),
         "attack": attack_name, "norm": norm, "params": rows[0]["params"], "target": target_index,
-        "labels_from": rows[0]["labels_from"], "rows": rows, "versions": _versions(),
+        "labels_from": rows[0]["labels_from"], "rows": rows, "radius": radius, "versions": _versions(),
     })
     click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in examples))
     enforce_fail_under(rows, fail_under)
+
+
+def _radius(results, rows) -> dict:
+    """Each image's smallest breaking eps on the grid (null: none broke it) and the median; printed too."""
+    from robust.evaluation import radius_summary, smallest_breaking_eps
+
+    per_image = smallest_breaking_eps(results)
+    summary = radius_summary(rows)
+    median = summary["median"]
+    text = f"beyond {max(r['eps'] for r in rows):g}" if median is None else f"{median:g}"
+    click.echo(f"median robustness radius: {text} ({100 * summary['beyond']:.1f}% of the images survive every eps)")
+    return {**summary, "per_image": [None if np.isinf(r) else float(r) for r in per_image]}
 
 
 @main.command("attacks")

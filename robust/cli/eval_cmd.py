@@ -36,8 +36,9 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 @main.command("eval")
 @click.argument("model_ref", metavar="MODEL_REF")
 @data_options
-@click.option("--attacks", "attacks", default="fgsm,pgd", show_default=True, metavar="A,B",
-              help="Comma-separated registered attacks (`robust attacks` lists built-ins and plugins).")
+@click.option("--attacks", "attacks", default="fgsm,pgd,auto", show_default=True, metavar="A,B",
+              help="Comma-separated registered attacks (`robust attacks` lists built-ins and plugins); "
+                   "`auto`, the worst-case ensemble, gives the headline robust accuracy.")
 @click.option("--eps", "eps", type=FloatList(), default=None,
               help="Comma-separated eps in the model's value range, e.g. 0,8,16 for 0-255 pixels "
                    "[default: 0, 5, 10, 15, 20 and 30% of the range].")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from robust.artifacts import all_or_nothing, pending, write_text
-from robust.report import figures
+from robust.report import figures, robustness
 from robust.report.findings import findings
 from robust.report.results import RESULTS_SCHEMA, load_arrays, load_results
 
@@ -116,8 +116,11 @@ def _draw(results: dict, arrays: dict, fig_dir: Path) -> dict:
             "learned": figures.learned_figures(a, key, fig_dir),
         }
         learned[key] = _locality(a)
+    head = robustness.headline(results)
     return {"r": results, "curves": curves, "figs": per_model, "table": _results_table(results),
-            "findings": findings(results, learned), "attack_keys": attack_keys, "learned": learned}
+            "findings": robustness.headline_findings(head) + findings(results, learned), "attack_keys": attack_keys,
+            "learned": learned, "head": head, "masking": robustness.masking(results),
+            "radius_png": figures.radius_cdf(results, head, fig_dir / "radius_cdf.png")}
 
 
 def _locality(arrays) -> dict | None:

@@ -83,6 +83,36 @@ def accuracy_curves(results: dict, attack_key: str, path: Path) -> str:
     return _save(fig, path)
 
 
+def radius_cdf(results: dict, head: dict, path: Path) -> str | None:
+    """The robustness radius's CDF per model: share of images broken at or below each eps of the grid.
+
+    ``head`` is :func:`robust.report.robustness.headline`; ConvNets solid, fully connected dashed. The
+    curve is a step function (the radius is known on the grid only), starting at the clean mistakes.
+    """
+    if not head["models"]:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, m in head["models"].items():
+        cdf = m["radius"]["cdf"]
+        if not cdf:
+            continue
+        conv = results["models"][key]["kind"] == "conv"
+        median = m["radius"]["median"]
+        ax.step([e for e, _ in cdf], [100 * share for _, share in cdf], where="post",
+                linestyle="-" if conv else "--", marker="o" if conv else "s",
+                label=f"{m['label']} (median {'> ' + format(cdf[-1][0], 'g') if median is None else format(median, 'g')})")
+    ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("eps")
+    ax.set_ylabel("images broken at or below eps (%)")
+    ax.set_ylim(-2, 102)
+    what = head["attack"].upper() if head["attack"] else "worst case of the attacks"
+    ax.set_title(f"Robustness radius ({what}): cumulative distribution")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def examples_grid(arrays, class_names, eps: float, attack: str, path: Path) -> str:
     """Clean / perturbation (scaled to be visible) / adversarial, with predictions and confidences."""
     plt = _plt()
