@@ -151,7 +151,7 @@ def test_mixed_precision_path_builds_float16_and_saves_float32(mnist):
     from robust.training import _build, _float32_copy, compile_for_training, make_pipeline
 
     tiny = mnist.limited(64)
-    model = _build("lenet5", tiny, {}, True)
+    model = _build("lenet5", tiny, {}, "mixed_float16")
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     assert model.get_layer("c1").compute_dtype == "float16" and model.output.dtype == "float32"
     compile_for_training(model, lr=1e-3, total_steps=100, loss_scale=True)
