@@ -129,9 +129,9 @@ class RayMapper:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(_run_task).options(num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
         pending, parts = {}, {}
+        sharded = {i for i, cell in enumerate(cells) if fn is run_cell and isinstance(cell, AttackCell)}
         for i, cell in enumerate(cells):
-            sharded = fn is run_cell and isinstance(cell, AttackCell)
-            units = [(s, attack_results) for s in cell.shards(self.shard_size)] if sharded else [(cell, fn)]
+            units = [(s, attack_results) for s in cell.shards(self.shard_size)] if i in sharded else [(cell, fn)]
             parts[i] = [None] * len(units)
             for j, (unit, unit_fn) in enumerate(units):
                 data, models = self._ship(unit)
@@ -141,9 +141,8 @@ class RayMapper:
             i, j = pending.pop(done[0])
             parts[i][j] = _get(ray, done[0])
             if all(p is not None for p in parts[i]):
-                cell, got = cells[i], parts.pop(i)
-                sharded = fn is run_cell and isinstance(cell, AttackCell)
-                yield i, merge_shards(cell, got) if sharded else got[0]
+                got = parts.pop(i)
+                yield i, merge_shards(cells[i], got) if i in sharded else got[0]
 
     def _ship(self, cell) -> tuple:
         """Object-store references to the cell's data and model files, each put once per run."""

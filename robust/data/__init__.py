@@ -151,8 +151,8 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
         arrays = _from_keras(name)
         return _finish(info, arrays, f"keras.datasets.{name} (cache or download)").limited(limit, seed)
     except Exception as exc:  # any failure of the Keras loader means: try the next source
-        tried.append(f"keras.datasets.{name}.load_data(): {_first_line(exc)}")
         failure = _first_line(exc)
+        tried.append(f"keras.datasets.{name}.load_data(): {failure}")
 
     if name == "mnist":
         shipped = _shipped_mnist()
