@@ -303,8 +303,6 @@ def test_reports_and_models_listing_say_how_each_model_was_trained(adv_run):
 
 def _fake_results(conv_acc: float, fc_acc: float, n: int = 500) -> dict:
     """A results dict as the study writes it: two adversarially trained models and their standard twins."""
-    from robust.report.findings import adversarial_findings  # noqa: F401  (the function under test)
-
     adv = {"method": "pgd", "eps": 0.3, "steps": 7, "epochs": [{"ratio_to_standard": r} for r in (9.0, 7.5, 8.5)]}
     models = {}
     for key, kind, name, acc, seconds in (("cnn", "conv", "cnn_wong", 0.99, 40.0), ("mlp", "fc", "mlp", 0.97, 10.0)):

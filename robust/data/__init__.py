@@ -162,7 +162,7 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
 
     raise RobustError(
         f"No source has the {name!r} data. Tried: " + "; ".join(tried) + ". "
-        f"Provide it with --data PATH (a Keras-layout .npz"
+        "Provide it with --data PATH (a Keras-layout .npz"
         + (", a folder of the original IDX files" if info.idx_prefixes else ", the CIFAR-10 python batch folder")
         + f"), or put {name}.npz in a folder named by ${ENV_DATA_DIR}, or connect to the internet once "
         f"so that keras.datasets.{name}.load_data() can download and cache it."
