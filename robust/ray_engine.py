@@ -312,16 +312,21 @@ def _share_data(root: Path, ds) -> str:
 
 def _publish(folder: Path, write: Callable[[Path], None]) -> Path:
     """``folder`` filled by ``write`` in a staging folder renamed into place (a racing writer's copy wins)."""
-    if not folder.is_dir():
+    if folder.is_dir():
+        return folder
+    staging = None
+    try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".incoming-"))
-        try:
-            write(staging)
-            os.rename(staging, folder)  # atomic; fails if another process renamed its copy first
-        except OSError:
-            if not folder.is_dir():
-                raise
-        finally:
+        write(staging)
+        os.rename(staging, folder)  # atomic; fails if another process renamed its copy first
+    except OSError as exc:
+        if not folder.is_dir():
+            raise RobustError(f"Could not write {folder} for the Ray workers: {exc.strerror or exc}. Expected a "
+                              "writable folder with free space ([ray] shared, or the temp folder of a worker "
+                              "machine); free some space or choose another folder.") from None
+    finally:
+        if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
 
