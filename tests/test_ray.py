@@ -328,3 +328,28 @@ def test_shards_merge_to_exactly_the_whole_cell(trained_lenet, tmp_path, data_di
     assert merged == whole
     assert [r["n"] for r in merged] == [120] * 4
     assert whole[-1]["adversarial_accuracy"] < whole[0]["clean_accuracy"]
+
+
+def test_shared_storage_round_trip_without_ray(tmp_path):
+    """Without Ray: the data written to [ray] shared once, by content, reads back equal and read-only."""
+    import numpy as np
+
+    from robust.data import Dataset
+    from robust.errors import RobustError
+    from robust.ray_engine import SHARED_FOLDER, _materialize, _read_shared_data, _share_data
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("mnist", rng.random((6, 28, 28, 1), np.float32), np.arange(6), rng.random((4, 28, 28, 1), np.float32),
+                 np.arange(4), tuple("0123456789"), "a test")
+    root = tmp_path / SHARED_FOLDER
+    first, again = _share_data(root, ds), _share_data(root, ds)
+    other = _share_data(root, Dataset(**{**ds.__dict__, "x_test": ds.x_test[:2], "y_test": ds.y_test[:2]}))
+    assert first == again != other and len(list(root.iterdir())) == 2
+    back = _read_shared_data(first)
+    assert all(np.array_equal(getattr(back, k), getattr(ds, k)) for k in ("x_train", "y_train", "x_test", "y_test"))
+    assert (back.class_names, back.source, back.value_range) == (ds.class_names, ds.source, ds.value_range)
+    assert not back.x_test.flags.writeable  # memory-mapped, as the object store's arrays are read-only too
+    model = _materialize("folder", {"model.keras": b"weights", "model.json": b"{}"}, root=root)
+    assert sorted(p.name for p in model.iterdir()) == ["model.json", "model.keras"] and model.parent == root
+    with pytest.raises(RobustError, match="mount it there"):
+        _read_shared_data(str(tmp_path / "elsewhere"))
