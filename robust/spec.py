@@ -64,12 +64,16 @@ class Spec:
     fooling: dict[str, Any]
     report: dict[str, Any]
     source: str
+    ray_shared: str | None = None  # [ray] shared: a folder every Ray node mounts; only --ray reads it
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The spec as results.json and spec.json hold it: what the study computes, not where it runs."""
+        d = dataclasses.asdict(self)
+        d.pop("ray_shared")  # how data reaches Ray workers changes no number (and --resume may change it)
+        return d
 
 
-_TOP = {"name", "title", "seed", "data", "training", "models", "attacks", "eps", "fooling", "report"}
+_TOP = {"name", "title", "seed", "data", "training", "models", "attacks", "eps", "fooling", "report", "ray"}
 _FOOLING_DEFAULTS = {"enabled": True, "classes": "all", "seeds": 1, "threshold": 0.99, "max_steps": 300,
                      "step_size": None, "l2_decay": 0.0, "blur_every": 0, "jitter": 0}
 _REPORT_DEFAULTS = {"examples": 8, "example_eps": None, "saliency": 6}
@@ -170,7 +174,18 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
         name=name, title=title, seed=seed, **data, models=models, attacks=_parse_attacks(raw, source), eps=eps,
         fooling=_parse_fooling(_table(raw, "fooling", source), data["dataset"], source),
         report=_parse_report(_table(raw, "report", source), eps, source), source=source,
+        ray_shared=_parse_ray(_table(raw, "ray", source), source),
     )
+
+
+def _parse_ray(table: dict, source: str) -> str | None:
+    """``[ray] shared``: an absolute folder path (its existence is checked by ``--ray``, on the driver)."""
+    _check_keys(table, {"shared"}, "[ray]", source)
+    shared = table.get("shared")
+    if shared is not None and (not isinstance(shared, str) or not Path(shared).is_absolute()):
+        raise _err(source, "ray.shared", "the absolute path of a folder that every node of the Ray cluster "
+                   "mounts at the same place, such as \"/mnt/share/robust\"", shared)
+    return shared
 
 
 def _parse_data(data: dict, source: str) -> dict:

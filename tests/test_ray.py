@@ -3,7 +3,12 @@
 One Ray head (`ray start --head --block`, 2 CPUs) serves the whole module and is
 stopped through its own process at the end. Its workers get a data folder that
 does not exist, so a worker that read or downloaded data instead of taking it
-from the object store would fail or compute other numbers.
+from the object store (or the spec's shared folder) would fail or compute other numbers.
+
+Ray's authentication state is the module's own: the head runs with a HOME of
+its own (holding a deliberately wrong ~/.ray/auth_token) and, like every driver
+here, with RAY_AUTH_MODE=disabled, so whatever the user's ~/.ray or environment
+holds cannot make the head refuse the drivers.
 """
 
 from __future__ import annotations
@@ -89,6 +94,22 @@ def in_process(spec_file, tmp_path_factory):
     return out
 
 
+#: Token authentication off for the module's head and drivers, and no token or address from outside.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_ADDRESS": None}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_auth_env():
+    """This process (the in-process drivers) and the drivers it starts connect without a token.
+
+    Ray reads RAY_AUTH_MODE when it is imported, which happens in the first --ray run below.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_ENV.items():
+            mp.delenv(key, raising=False) if value is None else mp.setenv(key, value)
+        yield
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The address of a local Ray head with 2 CPUs, started once for the module and stopped by its pid."""
@@ -98,7 +119,12 @@ def cluster(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = Path(f"/tmp/rr{os.getpid()}")  # short: Ray's socket paths must stay under 108 characters
-    env = {**os.environ, "ROBUST_DATA_DIR": str(temp / "no-data-here"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    home = temp / "home"  # a stale token where `ray start` looks first: RAY_AUTH_MODE=disabled must win
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("stale-token-from-another-cluster")
+    env = {k: v for k, v in os.environ.items() if k not in RAY_ENV}
+    env.update(HOME=str(home), RAY_AUTH_MODE="disabled", ROBUST_DATA_DIR=str(temp / "no-data-here"),
+               TF_CPP_MIN_LOG_LEVEL="3")
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0",
                              f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
@@ -115,7 +141,7 @@ def cluster(tmp_path_factory):
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # the head's own process group: ray start and what it started
     try:
-        head.wait(60)
+        head.wait(10)  # nothing of the module's work is left to save: a slow shutdown is only waiting
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
@@ -127,10 +153,10 @@ def _results(out: Path) -> dict:
 
 
 def _same_study(out: Path, reference: Path) -> None:
-    """Equal results.json up to wall-clock fields and the engine that computed them."""
+    """Equal results.json up to wall-clock fields, the engine that computed them and the spec file's name."""
     a, b = strip_wall_clock(_results(out)), strip_wall_clock(_results(reference))
     for r in (a, b):
-        r["run"].pop("engine", None), r["run"].pop("ray", None)
+        r["run"].pop("engine", None), r["run"].pop("ray", None), r["spec"].pop("source")
     assert len(a["records"]) == RECORDS
     assert a["records"] == b["records"]
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -154,11 +180,46 @@ def test_ray_run_gives_the_in_process_results(in_process, spec_file, cluster, tm
                                     "--ray", cluster, "--shard-size", "40"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "Engine: Ray" in res.output and "1 node, 2 CPUs, 0 GPUs" in res.output
+    assert "Token authentication" not in res.output and "dashboard" not in res.output.lower()
     _same_study(out, in_process)
     ray_facts = _results(out)["run"]["ray"]
     assert (ray_facts["nodes"], ray_facts["cpus"], ray_facts["gpus"]) == (1, 2, 0)
     assert "engine Ray" in (out / "report.md").read_text()
     assert _results(in_process)["run"]["engine"] == "in-process"
+
+
+@needs_ray
+def test_ray_through_shared_storage_gives_the_in_process_results(in_process, spec_file, cluster, tmp_path):
+    """[ray] shared: the driver writes the data and model files there once; workers read them from there."""
+    share = tmp_path / "share"
+    share.mkdir()
+    spec = tmp_path / "shared.toml"
+    spec.write_text(spec_file.read_text() + f'\n[ray]\nshared = "{share}"\n')
+    out = tmp_path / "ray-shared"
+    _with_models(in_process, out)  # the attacks, extras and transfer cells read models and data from the share
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--no-progress", "--ray", cluster])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    _same_study(out, in_process)
+    shipped = sorted(p.name.split("-")[0] for p in (share / "robust-ray").iterdir())
+    assert shipped == ["data", "model", "model"], shipped  # the test split once, each model once, nothing half-written
+    data = next((share / "robust-ray").glob("data-*"))
+    assert sorted(p.name for p in data.iterdir()) == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy",
+                                                      "y_train.npy"]
+    assert "ray_shared" not in _results(out)["spec"]  # where the data travels is not part of the study
+
+
+@needs_ray
+def test_a_bad_shared_folder_is_a_clear_error(spec_file, tmp_path):
+    """Checked on the driver before anything runs or is written: exit code 2, what was expected and received."""
+    for shared, expected in ((str(tmp_path / "not-mounted"), "is not an existing folder here"),
+                             ("relative/share", "must be the absolute path of a folder")):
+        spec = tmp_path / "bad-shared.toml"
+        spec.write_text(spec_file.read_text() + f'\n[ray]\nshared = "{shared}"\n')
+        out = tmp_path / "never"
+        res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--ray", "127.0.0.1:1"])
+        assert res.exit_code == 2, res.output + repr(res.exception)
+        assert expected in res.output and repr(shared) in res.output and "Traceback" not in res.output
+        assert not out.exists() and not (tmp_path / "not-mounted").exists()
 
 
 def _ray_task_pids() -> list[int]:
@@ -220,14 +281,13 @@ def test_a_killed_driver_resumes_to_the_same_results(in_process, spec_file, clus
     _same_study(out, in_process)
 
 
-def test_ray_missing_is_a_clear_error(spec_file, tmp_path):
+def test_ray_missing_is_a_clear_error(spec_file, tmp_path, monkeypatch):
     """Ray not installed (its import blocked): one paragraph naming the fix, exit code 2, nothing written."""
     out = tmp_path / "no-ray"
-    code = ("import sys; sys.modules['ray'] = None; from robust.cli import main; "
-            f"main(['run', {str(spec_file)!r}, '--out', {str(out)!r}, '--ray'])")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2, res.stderr
-    assert 'pip install "robust[ray]"' in res.stderr and "Traceback" not in res.stderr
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without Ray
+    res = CliRunner().invoke(main, ["run", str(spec_file), "--out", str(out), "--ray"])
+    assert res.exit_code == 2, res.output + repr(res.exception)
+    assert 'pip install "robust[ray]"' in res.output and "Traceback" not in res.output
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -268,3 +328,28 @@ def test_shards_merge_to_exactly_the_whole_cell(trained_lenet, tmp_path, data_di
     assert merged == whole
     assert [r["n"] for r in merged] == [120] * 4
     assert whole[-1]["adversarial_accuracy"] < whole[0]["clean_accuracy"]
+
+
+def test_shared_storage_round_trip_without_ray(tmp_path):
+    """Without Ray: the data written to [ray] shared once, by content, reads back equal and read-only."""
+    import numpy as np
+
+    from robust.data import Dataset
+    from robust.errors import RobustError
+    from robust.ray_engine import SHARED_FOLDER, _materialize, _read_shared_data, _share_data
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("mnist", rng.random((6, 28, 28, 1), np.float32), np.arange(6), rng.random((4, 28, 28, 1), np.float32),
+                 np.arange(4), tuple("0123456789"), "a test")
+    root = tmp_path / SHARED_FOLDER
+    first, again = _share_data(root, ds), _share_data(root, ds)
+    other = _share_data(root, Dataset(**{**ds.__dict__, "x_test": ds.x_test[:2], "y_test": ds.y_test[:2]}))
+    assert first == again != other and len(list(root.iterdir())) == 2
+    back = _read_shared_data(first)
+    assert all(np.array_equal(getattr(back, k), getattr(ds, k)) for k in ("x_train", "y_train", "x_test", "y_test"))
+    assert (back.class_names, back.source, back.value_range) == (ds.class_names, ds.source, ds.value_range)
+    assert not back.x_test.flags.writeable  # memory-mapped, as the object store's arrays are read-only too
+    model = _materialize("folder", {"model.keras": b"weights", "model.json": b"{}"}, root=root)
+    assert sorted(p.name for p in model.iterdir()) == ["model.json", "model.keras"] and model.parent == root
+    with pytest.raises(RobustError, match="mount it there"):
+        _read_shared_data(str(tmp_path / "elsewhere"))

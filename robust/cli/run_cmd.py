@@ -37,6 +37,8 @@ def run_command(spec, out_dir, resume, force, no_progress, ray_address, shard_si
                           "--force throws it away. Pass one of them.")
     engine = study_mapper(ray_address, shard_size)  # Ray missing is said before anything is loaded
     parsed = load_spec(spec)
+    if parsed.ray_shared and ray_address is not None:
+        engine.use_shared(parsed.ray_shared)  # checked before anything is written; ignored without --ray
     out = out_dir or Path("reports") / parsed.name
     check_resume(out, resume)
     check_writable(out, what="--out" if out_dir else "the run folder")
