@@ -24,12 +24,12 @@ import numpy as np
 from keras import ops
 
 from robust import backend
+from robust.attacks.compaction import clean_logits, read_logits
 from robust.attacks.driver import run_batches
 from robust.attacks.norms import Norm, get_norm
 from robust.errors import RobustError
 from robust.gradients import (
     Logits,
-    batches,
     cached,
     check_gradients,
     check_images,
@@ -491,15 +491,7 @@ class Attack:
 
 def _predict(logits: Logits, x: np.ndarray, y, target, batch_size: int):
     """Clean predictions, confidences and boundary scores of images that are not attacked."""
-    z = np.concatenate([backend.to_numpy(logits(backend.tensor(x[s:e]))) for s, e in batches(len(x), batch_size)])
-    pred = z.argmax(axis=1)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    conf = (p.max(axis=1) / p.sum(axis=1)).astype(np.float32)
-    goal = (target if target is not None else (pred if y is None else y)).astype(np.int64)
-    own = z[np.arange(len(z)), goal]
-    others = np.where(np.eye(z.shape[1], dtype=bool)[goal], -np.inf, z).max(axis=1)
-    score = (own - others) if target is not None else (others - own)
-    return pred, conf, score.astype(np.float32)
+    return read_logits(clean_logits(logits, x, batch_size), y, target)
 
 
 def _check_indices(indices, n: int) -> np.ndarray:
