@@ -291,7 +291,7 @@ class APGD(Attack):
         if not every or self.steps <= every:
             return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
                                   progress)
-        points = standing_points(logits, x, y, target, todo, batch_size)
+        points = standing_points(model, logits, x, y, target, todo, batch_size)
         found, adv = points.broken.copy(), points.x.copy()
         loss = np.full(len(adv), -np.inf, np.float32)
         kernel = self._segment_kernel(model, logits, points.x.shape[1:])
@@ -312,7 +312,7 @@ class APGD(Attack):
             ran = np.where(s["found"].reshape((-1,) + (1,) * (adv.ndim - 1)), s["found_x"], s["best_x"])
             adv[active[better]], loss[active[better]] = ran[better], s["best"][better]
             found[active] = s["found"]
-        return driver_outputs(logits, self.norm, points, adv, batch_size)
+        return driver_outputs(model, logits, self.norm, points, adv, batch_size)
 
     def _segment_kernel(self, model, logits: Logits, image_shape):
         """Compiled: ``count`` steps of run ``run`` from step ``first`` (a fresh start when it is 0)."""

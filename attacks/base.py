@@ -471,7 +471,7 @@ class Attack:
             rest = np.ones(n, bool)
             rest[todo] = False
             if rest.any():
-                pred, conf, score = _predict(logits, x[rest], None if y is None else y[rest],
+                pred, conf, score = _predict(model, logits, x[rest], None if y is None else y[rest],
                                              None if target is None else target[rest], batch_size)
                 fields["labels"][rest] = pred if y is None else y[rest]
                 fields["clean_pred"][rest] = fields["adv_pred"][rest] = pred
@@ -489,9 +489,9 @@ class Attack:
         )
 
 
-def _predict(logits: Logits, x: np.ndarray, y, target, batch_size: int):
+def _predict(model, logits: Logits, x: np.ndarray, y, target, batch_size: int):
     """Clean predictions, confidences and boundary scores of images that are not attacked."""
-    return read_logits(clean_logits(logits, x, batch_size), y, target)
+    return read_logits(clean_logits(model, logits, x, batch_size), y, target)
 
 
 def _check_indices(indices, n: int) -> np.ndarray:

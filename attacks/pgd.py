@@ -167,7 +167,7 @@ class PGD(Attack):
             return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
                                   progress)
         low, high = value_range
-        points = standing_points(logits, x, y, target, todo, batch_size)
+        points = standing_points(model, logits, x, y, target, todo, batch_size)
         n = len(points.x)
         carried = [points.x.copy(), points.x.copy(), np.full(n, -np.inf, np.float32), np.zeros(n, bool)]
         constants = [backend.tensor(restart, "int32")] + [backend.tensor(v) for v in
@@ -175,7 +175,7 @@ class PGD(Attack):
         run_segments(self._segment_kernel(model, logits, points.x.shape[1:]), logits.state(),
                      [(points.x, "float32"), (points.goal, "int32")], carried, done=3, steps=self.steps,
                      every=every, constants=constants, seed=self.seed, indices=keys_from, batch_size=batch_size)
-        return driver_outputs(logits, self.norm, points, carried[1], batch_size)
+        return driver_outputs(model, logits, self.norm, points, carried[1], batch_size)
 
     def _segment_kernel(self, model, logits: Logits, image_shape):
         """Compiled: ``count`` PGD steps from ``current`` (from the random start when ``first`` is 0), best kept.
