@@ -132,8 +132,6 @@ class PGD(Attack):
             moved = current + step_size * norm.normalize(grad)
             return ops.clip(x + norm.project(moved - x, eps), low, high), best, first_z
 
-        if isinstance(steps, int) and steps == 1:  # FGSM: no loop to build and run around one step
-            return step(0, (start, best, first_z))
         return ops.fori_loop(0, steps, step, (start, best, first_z))
 
     def _fresh_best(self, logits: Logits, x):
