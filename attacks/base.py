@@ -501,8 +501,12 @@ def _check_gradients_once(model, logits: Logits, x, y, mask, value_range) -> Non
     fingerprint (per tensor: its shape and sum) and retraining checks again. On a
     small CNN the check cost about 6% of an FGSM call over 1,000 images.
     """
-    state = logits.state()  # summed where the weights live: only one number per tensor reaches the host
-    sums = backend.to_numpy(ops.stack([ops.sum(ops.cast(v, "float32")) for v in state])) if state else ()
+    def build(proxy):  # summed where the weights live, in one compiled call: one number per tensor to the host
+        return backend.compile(lambda state: ops.stack([ops.sum(ops.cast(v, "float32")) for v in state] or [0.0]),
+                               [logits.state_signature()])
+
+    state = logits.state()
+    sums = backend.to_numpy(cached(model, ("weight-sums",), build)(state))
     fingerprint = tuple(zip((tuple(v.shape) for v in state), map(float, sums)))
     if fingerprint in _GRADIENTS_CHECKED.get(model, ()):
         return
