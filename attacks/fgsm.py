@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from keras import ops
+
+from robust import backend
 from robust.attacks.norms import Norm
 from robust.attacks.pgd import PGD
 
@@ -45,3 +48,16 @@ class FGSM(PGD):
 
     def _step_size(self) -> float:
         return self.eps
+
+    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+        """One step of size ``eps`` from ``x``, inside the ball by construction: only the value range clips it.
+
+        Written out rather than run as PGD's loop with one step: no projection, no search over
+        iterates, the clean logits from the gradient pass (about 5% of FGSM's time on a small CNN).
+        """
+        def value(xt, labels):
+            z = logits(xt)
+            return self._objective(z, labels), z
+
+        _, grad, clean = backend.value_and_grad(value)(x, goal)
+        return ops.clip(x + eps * self.norm.normalize(grad), low, high), clean, None

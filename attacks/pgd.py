@@ -12,7 +12,7 @@ from keras import ops
 import numpy as np
 
 from robust import backend
-from robust.attacks.driver import run_batches
+from robust.attacks.compaction import driver_outputs, run_segments, standing_points
 from robust.attacks.base import Attack, check_number
 from robust.attacks.norms import Norm
 from robust.errors import RobustError
@@ -159,63 +159,56 @@ class PGD(Attack):
 
         A point broken in a segment keeps its best broken iterate and takes no more steps; the others
         continue from their last iterate, so their trajectory, and the set of broken points, is the
-        one of the single compiled loop. Broken points may return an earlier adversarial image.
+        one of the single compiled loop (:mod:`robust.attacks.compaction`). Broken points may return
+        an earlier adversarial image.
         """
         every = self._compact_every
         if not every or self.steps <= every or not self._keep_every_iterate:
             return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
                                   progress)
-        from robust.attacks.base import _predict
-
         low, high = value_range
-        xs, ys = x[todo], None if y is None else y[todo]
-        ts = None if target is None else target[todo]
-        clean_pred, clean_conf, _ = _predict(logits, xs, ys, ts, batch_size)
-        labels = clean_pred if ys is None else ys
-        goal = (labels if ts is None else ts).astype(np.int32)
-        current, best_x = xs.copy(), xs.copy()
-        best_value, best_ok = np.full(len(xs), -np.inf, np.float32), np.zeros(len(xs), bool)
-        kernel = self._segment_kernel(model, logits, xs.shape[1:])
-        constants = [backend.tensor(v) for v in (self.eps, self._step_size(), low, high)]
-        for first in range(0, self.steps, every):
-            active = np.flatnonzero(~best_ok)
-            if len(active) == 0:
-                break
-            per_image = [(xs[active], "float32"), (current[active], "float32"), (goal[active], "int32"),
-                         (best_x[active], "float32"), (best_value[active], "float32"), (best_ok[active], "bool")]
-            steps = [backend.tensor(restart, "int32"), backend.tensor(int(first == 0), "int32"),
-                     backend.tensor(min(every, self.steps - first), "int32")]
-            out = run_batches(kernel, logits.state(), per_image, steps + constants, seed=self.seed,
-                              indices=keys_from[active], batch_size=batch_size, progress=False)
-            current[active], best_x[active], best_value[active], best_ok[active] = out
-        adv_pred, adv_conf, score = _predict(logits, best_x, labels, ts, batch_size)
-        size = backend.to_numpy(self.norm.distance(backend.tensor(best_x - xs)))
-        return [best_x, labels, clean_pred, clean_conf, adv_pred, adv_conf, size, score]
+        points = standing_points(model, logits, x, y, target, todo, batch_size)
+        n = len(points.x)
+        carried = [points.x.copy(), points.x.copy(), np.full(n, -np.inf, np.float32), np.zeros(n, bool)]
+        constants = [backend.tensor(restart, "int32")] + [backend.tensor(v) for v in
+                                                          (self.eps, self._step_size(), low, high)]
+        run_segments(self._segment_kernel(model, logits, points.x.shape[1:]), logits.state(),
+                     [(points.x, "float32"), (points.goal, "int32")], carried, done=3, steps=self.steps,
+                     every=every, constants=constants, seed=self.seed, indices=keys_from, batch_size=batch_size)
+        return driver_outputs(model, logits, self.norm, points, carried[1], batch_size)
 
     def _segment_kernel(self, model, logits: Logits, image_shape):
-        """Compiled: up to ``steps`` PGD steps from ``current`` (from the random start when ``first``), best kept."""
+        """Compiled: ``count`` PGD steps from ``current`` (from the random start when ``first`` is 0), best kept.
+
+        The iterate after a segment's last step is evaluated by the next segment's first step, or
+        here when ``last`` is 1: every iterate is evaluated once, as in the single loop.
+        """
         key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape))
 
         def build(proxy):
-            def run(state, x, current, goal, best_x, best_value, best_ok, keys, restart, first, steps, eps,
+            def run(state, x, goal, current, best_x, best_value, best_ok, keys, first, count, last, restart, eps,
                     step_size, low, high):
                 bound = logits.bind(state)
-                start = ops.where(first > 0, self._start(x, eps, backend.Rng(keys).fold(restart), low, high),
-                                  current)
+                rng = backend.Rng(keys).fold(restart)
+                start = ops.cond(ops.equal(first, 0), lambda: self._start(x, eps, rng, low, high), lambda: current)
                 no_logits = ops.zeros((ops.shape(x)[0], logits.num_classes))
                 best = (best_x, best_value, best_ok, no_logits)
-                final, best, _ = self._loop(bound, x, goal, start, best, no_logits, steps, eps, step_size, low,
+                final, best, _ = self._loop(bound, x, goal, start, best, no_logits, count, eps, step_size, low,
                                             high)
-                z = bound(final)
-                best = self._keep_worse(goal, best, final, self._objective(z, goal), z)
-                return final, best[0], best[1], best[2]
+
+                def evaluate():
+                    z = bound(final)
+                    return self._keep_worse(goal, best, final, self._objective(z, goal), z)[:3]
+
+                best = ops.cond(ops.equal(last, 1), evaluate, lambda: best[:3])
+                return (final,) + tuple(best)
 
             image = backend.spec((None,) + tuple(image_shape))
-            vector = backend.spec((None,))
-            scalar, count = backend.spec(()), backend.spec((), "int32")
-            signature = [logits.state_signature(), image, image, backend.spec((None,), "int32"), image, vector,
-                         backend.spec((None,), "bool"), backend.spec((None, 2), "int32"), count, count, count,
-                         scalar, scalar, scalar, scalar]
+            count = backend.spec((), "int32")
+            scalar = backend.spec(())
+            signature = [logits.state_signature(), image, backend.spec((None,), "int32"), image, image,
+                         backend.spec((None,)), backend.spec((None,), "bool"), backend.spec((None, 2), "int32"),
+                         count, count, count, count, scalar, scalar, scalar, scalar]
             return backend.compile(run, signature)
 
         return cached(model, key, build)

@@ -6,6 +6,8 @@ and on a small CNN adversarially trained here with our own FGSM-RS.
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import numpy as np
 import pytest
@@ -203,6 +205,41 @@ def test_registry_and_parameters():
         APGD(eps=0.1, loss="dlr", targeted=True)
     with pytest.raises(RobustError, match="no parameter 'targeted'"):
         get_attack("apgd-t", eps=0.1, targeted=True)
+
+
+# ------------------------------------------------------------------ compaction
+
+def _compacted(attack, every: int):
+    """The same attack, its runs cut into segments of ``every`` steps on the points still standing."""
+    attack = copy.copy(attack)
+    attack._compact_every = every
+    return attack
+
+
+# The configurations of test_perturbation_inside_ball_and_value_range: 10 and 5 steps, one compiled loop
+# by default (compaction starts above 10 steps), so their kernels are already built.
+@pytest.mark.parametrize("make, every", [
+    (lambda: APGD(eps=0.1, steps=10), 4),
+    (lambda: APGD(eps=1.5, norm="2", loss="dlr", steps=10), 3),
+    (lambda: APGDT(eps=0.1, steps=5, n_target_classes=2), 2),
+], ids=["linf-ce", "l2-dlr", "t-linf"])
+def test_compaction_breaks_the_same_points(trained_lenet, batch, make, every):
+    """Segments on the standing points, each run's state carried across them, break what one loop breaks.
+
+    With 10 steps the checkpoints fall at 2, 3, ..., 10, so segments of 3 or 4 steps cut through
+    several step-size decisions; APGD-T's second target runs only on what the first left standing.
+    """
+    x, y = batch
+    whole = make()(trained_lenet, x, y, progress=False)
+    compact = _compacted(make(), every)(trained_lenet, x, y, progress=False)
+    assert np.array_equal(compact.success, whole.success)
+    assert 0 < compact.adversarial_accuracy == whole.adversarial_accuracy < compact.clean_accuracy
+    standing = ~compact.success  # every step either way: the same best point
+    np.testing.assert_allclose(compact.x_adv[standing], whole.x_adv[standing], atol=1e-5)
+    assert np.all(compact.adv_pred[compact.success] != y[compact.success])
+    assert compact.perturbation.max() <= compact.eps * (1 + 1e-5) + 1e-6
+    smaller = _compacted(make(), every)(trained_lenet, x, y, progress=False, batch_size=48)
+    assert np.array_equal(smaller.success, whole.success)
 
 
 # ------------------------------------------------------------------ peer: ART

@@ -310,6 +310,19 @@ def test_gradient_masking_is_refused(trained_lenet, batch, layer, where, match):
             FoolingImages(max_steps=5)(model, classes=[1])
 
 
+def test_the_gradient_check_runs_again_when_the_weights_change(batch):
+    """The check is remembered per model and weight values: zeroed weights (no input gradient) are refused."""
+    x, y = batch[0][:8], batch[1][:8]
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    trained = model.get_weights()
+    FGSM(eps=0.1)(model, x, y, progress=False)
+    model.set_weights([np.zeros_like(w) for w in trained])
+    with pytest.raises(RobustError, match="input gradient of exactly zero"):
+        FGSM(eps=0.1)(model, x, y, progress=False)
+    model.set_weights(trained)
+    FGSM(eps=0.1)(model, x, y, progress=False)
+
+
 # ------------------------------------------------------------------ registry
 
 def test_registry_lists_the_built_ins():
