@@ -70,6 +70,40 @@ def test_the_cli_refuses_an_unsupported_keras_backend_with_exit_code_2(name):
     assert "Supported backends: tensorflow, jax, torch" in message
 
 
+# ------------------------------------------------------------------- seeding
+
+SEEDING = """
+import json, sys
+import numpy as np
+from robust import backend
+from robust.models import build_model
+
+def weights(seed):
+    backend.set_random_seed(seed)
+    return [np.asarray(w) for w in build_model("lenet5", (28, 28, 1), 10).get_weights()]
+
+ours, other = weights(3), weights(4)
+imported = "tensorflow" in sys.modules
+sys.modules["tensorflow"] = None  # from here on Keras's own seeding cannot import it either
+import keras
+keras.utils.set_random_seed(3)
+theirs = [np.asarray(w) for w in build_model("lenet5", (28, 28, 1), 10).get_weights()]
+print(json.dumps({"tensorflow_imported": imported, "same_as_keras": all(np.array_equal(a, b) for a, b in zip(ours, theirs)),
+                  "other_seed_differs": any(not np.array_equal(a, b) for a, b in zip(ours, other))}))
+"""
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b, "tensorflow")) for b in ("jax", "torch")])
+def test_seeding_under_another_backend_leaves_tensorflow_alone(backend):
+    """``robust.backend.set_random_seed`` gives the weights ``keras.utils.set_random_seed`` gives, without TensorFlow.
+
+    TensorFlow is installed and not blocked: ``keras.utils.set_random_seed`` would import it (to seed it)
+    under any backend; ours seeds only the backend that runs.
+    """
+    found = json.loads(run_under(backend, "-c", SEEDING, timeout=300).stdout.strip().splitlines()[-1])
+    assert found == {"tensorflow_imported": False, "same_as_keras": True, "other_seed_differs": True}
+
+
 # --------------------------------------------------------- across backends
 
 N_TRAIN, N_TEST = 3000, 300

@@ -19,6 +19,7 @@ Primitives every backend module provides:
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
+* ``seed(value)``: seed the framework's own global generator (TensorFlow's, PyTorch's; JAX has none);
 * ``mixed_precision_policy(gpus)``: the Keras dtype policy ``--mixed-precision``
   trains in (``None`` where the device has none worth using);
 * ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
@@ -32,8 +33,8 @@ so the JAX and PyTorch paths never import TensorFlow.
 
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
-so one kernel serves every weight update), :func:`image_keys` and
-:func:`versions`.
+so one kernel serves every weight update), :func:`image_keys`,
+:func:`set_random_seed` and :func:`versions`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import platform
+import random
 from typing import Sequence
 
 from robust import BACKENDS, check_keras_backend
@@ -74,6 +76,30 @@ tensor = _module.tensor
 to_numpy = _module.to_numpy
 value_and_grad = _module.value_and_grad
 adversarial_model = _module.adversarial_model
+seed = _module.seed
+
+
+def set_random_seed(value: int) -> None:
+    """Seed Python, numpy, Keras's global seed generator and the backend, importing nothing new.
+
+    What ``keras.utils.set_random_seed`` does, except that it also imports
+    TensorFlow to seed it whenever TensorFlow is installed, whatever the
+    backend: seconds and hundreds of MB for nothing under JAX or PyTorch, and
+    a failure there if that TensorFlow is broken. Here only the running
+    backend is seeded (:func:`seed`). Keras draws unseeded layer
+    initialisers from its global generator, which is recreated from Python's
+    ``random`` the next time it is needed; dropping it is what makes the same
+    seed give the same weights.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, value)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(value)
+    np.random.seed(value)
+    seed(value)
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
