@@ -205,7 +205,7 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
     say(f"device: {plan.device}; strategy: {plan.strategy_name}"
         + (f"; mixed precision {policy.removeprefix('mixed_')}" if use_mixed else "")
         + ("  (mixed precision needs a GPU: training in float32)" if mixed_precision and not use_mixed else ""))
-    backend.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)
     split = split_validation(dataset.y_train, validation_fraction, seed)
     model, inner, params = _prepare(model_name, dataset, options, plan, policy, lr, epochs, batch_size,
                                     len(split[0]), adversarial, seed)

@@ -19,7 +19,6 @@ Primitives every backend module provides:
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
-* ``seed(value)``: seed the framework's own global generator (TensorFlow's, PyTorch's; JAX has none);
 * ``mixed_precision_policy(gpus)``: the Keras dtype policy ``--mixed-precision``
   trains in (``None`` where the device has none worth using);
 * ``adversarial_model(model, perturb, beta)``: a model whose train step attacks
@@ -29,12 +28,13 @@ Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.ja
 :mod:`robust.backend.torch`;
 :mod:`robust.backend.common` holds what the backends without ``tf.data``,
 ``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
-so the JAX and PyTorch paths never import TensorFlow.
+so the JAX and PyTorch paths never import TensorFlow; nor does Keras for them
+(see :func:`_keras_without_tensorflow`).
 
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
-so one kernel serves every weight update), :func:`image_keys`,
-:func:`set_random_seed` and :func:`versions`.
+so one kernel serves every weight update), :func:`image_keys` and
+:func:`versions`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import platform
-import random
+import sys
 from typing import Sequence
 
 from robust import BACKENDS, check_keras_backend
@@ -61,6 +61,31 @@ if NAME not in BACKENDS:
         f"not support. Supported backends: {', '.join(BACKENDS)}; set KERAS_BACKEND to one of them."
     )
 
+
+
+def _keras_without_tensorflow() -> None:
+    """Under JAX or PyTorch, let Keras see TensorFlow as not installed (unless something imported it already).
+
+    Keras imports TensorFlow wherever it is installed, whatever the backend:
+    ``keras.utils.set_random_seed`` to seed it, ``model.save`` to recognise its
+    shape and dtype objects. That costs seconds and hundreds of MB, and fails
+    where the installed TensorFlow is broken. Keras asks one lazy module
+    whether TensorFlow is available; answering no makes it skip exactly what
+    it skips on a machine without TensorFlow, where robust runs anyway (no
+    TensorFlow object can reach Keras from robust on these backends). A Keras
+    without that lazy module keeps its own behaviour.
+    """
+    if NAME == "tensorflow" or "tensorflow" in sys.modules:
+        return
+    try:
+        from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
+    except ImportError:
+        return
+    if getattr(lazy_tensorflow, "module", None) is None:
+        lazy_tensorflow._available = False
+
+
+_keras_without_tensorflow()
 _module = importlib.import_module(f"robust.backend.{NAME}")
 GRADIENT_ERRORS = _module.GRADIENT_ERRORS
 Rng = _module.Rng
@@ -76,30 +101,6 @@ tensor = _module.tensor
 to_numpy = _module.to_numpy
 value_and_grad = _module.value_and_grad
 adversarial_model = _module.adversarial_model
-seed = _module.seed
-
-
-def set_random_seed(value: int) -> None:
-    """Seed Python, numpy, Keras's global seed generator and the backend, importing nothing new.
-
-    What ``keras.utils.set_random_seed`` does, except that it also imports
-    TensorFlow to seed it whenever TensorFlow is installed, whatever the
-    backend: seconds and hundreds of MB for nothing under JAX or PyTorch, and
-    a failure there if that TensorFlow is broken. Here only the running
-    backend is seeded (:func:`seed`). Keras draws unseeded layer
-    initialisers from its global generator, which is recreated from Python's
-    ``random`` the next time it is needed; dropping it is what makes the same
-    seed give the same weights.
-    """
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-    from keras.src.utils import rng_utils
-
-    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, value)
-    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
-    random.seed(value)
-    np.random.seed(value)
-    seed(value)
 
 
 def image_keys(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -167,9 +167,6 @@ class Rng:
         return int(low) + (self._bits(shape) % jnp.uint32(int(high) - int(low))).astype(jnp.int32)
 
 
-def seed(value: int) -> None:
-    """Nothing to seed: JAX has no global generator (every random op takes a key)."""
-
 
 # ------------------------------------------------------ devices and training
 

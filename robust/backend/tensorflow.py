@@ -127,11 +127,6 @@ class Rng:
         return tf.cast(tf.cast(low, tf.int64) + tf.math.floormod(self._bits(shape), span), tf.int32)
 
 
-def seed(value: int) -> None:
-    """Seed TensorFlow's global generator (unseeded ``tf.random`` ops, ``tf.data`` shuffles)."""
-    tf.random.set_seed(value)
-
-
 # ------------------------------------------------------ devices and training
 
 def device() -> dict[str, Any]:

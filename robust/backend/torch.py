@@ -136,11 +136,6 @@ class Rng:
         return (int(low) + torch.remainder(self._bits(shape), int(high) - int(low))).to(torch.int32)
 
 
-def seed(value: int) -> None:
-    """Seed PyTorch's global generator (Keras's PyTorch backend draws its random ops from it)."""
-    torch.manual_seed(value)
-
-
 # ------------------------------------------------------ devices and training
 
 def device() -> dict[str, Any]:
