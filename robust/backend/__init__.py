@@ -16,6 +16,7 @@ Primitives every backend module provides:
 * ``Rng``: per-image random numbers keyed by ``(seed, image index)``, usable
   inside compiled code, so results do not depend on how images are batched;
 * ``tensor``, ``to_numpy``: the host boundary;
+* ``roll(x, shift, axis)``: ``keras.ops.roll`` with a shift computed in the kernel;
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
@@ -96,6 +97,7 @@ device = _module.device
 distribution = _module.distribution
 mixed_precision_policy = _module.mixed_precision_policy
 pipeline = _module.pipeline
+roll = _module.roll
 spec = _module.spec
 tensor = _module.tensor
 to_numpy = _module.to_numpy
