@@ -364,7 +364,7 @@ class ActivationMaximization:
 
             def body(i, x):
                 if jitter and spatial:
-                    x = ops.roll(x, moves[i], axis=(1, 2))
+                    x = backend.roll(x, moves[i], axis=(1, 2))
                 _, grad, _ = value_and_grad(x)
                 rms = ops.sqrt(ops.mean(grad * grad, axis=tuple(range(1, len(image_shape) + 1)), keepdims=True))
                 x = base + (x - base) * decay + grad * (step_size * decay / (rms + 1e-12))
@@ -375,7 +375,7 @@ class ActivationMaximization:
 
             x = ops.fori_loop(0, steps, body, x0)
             if jitter and spatial:
-                x = ops.roll(x, -shifts[-1], axis=(1, 2))
+                x = backend.roll(x, -shifts[-1], axis=(1, 2))
             return x, fn(x0), fn(x)
 
         scalar = backend.spec(())

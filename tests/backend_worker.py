@@ -5,6 +5,7 @@
     python tests/backend_worker.py adversarial OUT.json N_TRAIN METHOD EPS
     python tests/backend_worker.py cli OUT_DIR
     python tests/backend_worker.py mixed OUT.json N_TRAIN
+    python tests/backend_worker.py step OUT.npz
 
 The backend is whatever ``KERAS_BACKEND`` says. Under any backend but
 TensorFlow, ``import tensorflow`` is made to fail first, as on a machine
@@ -149,6 +150,36 @@ def mixed(out: str, n_train: int) -> None:
         json.dump(found, f)
 
 
+def step(out: str) -> None:
+    """The weights of cnn_wong after one adversarial train step (PGD-3, then TRADES) from fixed weights.
+
+    The starting weights are drawn by numpy (seed 0), the batch is the first 64 MNIST training images and
+    the optimizer plain SGD, so every backend starts from the same point; the attack's random start comes
+    from the per-image hash every backend shares. Writes ``out`` with the weights after each step.
+    """
+    import keras
+
+    from robust.adversarial import AdversarialConfig, wrap_for_training
+    from robust.models import build_model
+
+    data, _ = _mnist()
+    x, y = data.x_train[:64], data.y_train[:64].astype(np.int32)
+    found = {}
+    for method in ("pgd", "trades"):
+        model = build_model("cnn_wong", (28, 28, 1), 10)
+        rng = np.random.default_rng(0)
+        start = [rng.normal(0.0, 0.1, w.shape).astype(np.float32) for w in model.get_weights()]
+        model.set_weights(start)
+        fit = wrap_for_training(model, AdversarialConfig(method, 0.1, steps=3), 10, (0.0, 1.0), steps_per_epoch=1,
+                                seed=0)
+        fit.compile(optimizer=keras.optimizers.SGD(0.1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        fit.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+        for i, (before, after) in enumerate(zip(start, model.get_weights())):
+            found[f"{method}_start_{i}"], found[f"{method}_{i}"] = before, after
+    np.savez(out, **found)
+
+
 #: The smallest study that still trains, attacks (FGSM, PGD), fools and reports.
 TINY_SPEC = """
 name = "tiny"
@@ -221,7 +252,9 @@ if __name__ == "__main__":
         mixed(target, int(sys.argv[3]))
     elif command == "cli":
         cli(target)
+    elif command == "step":
+        step(target)
     elif command == "adversarial":
         adversarial(target, int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
     else:
-        raise SystemExit(f"unknown command {command!r}: expected train, attack, adversarial, cli or mixed")
+        raise SystemExit(f"unknown command {command!r}: expected train, attack, adversarial, step, cli or mixed")

@@ -16,6 +16,7 @@ Primitives every backend module provides:
 * ``Rng``: per-image random numbers keyed by ``(seed, image index)``, usable
   inside compiled code, so results do not depend on how images are batched;
 * ``tensor``, ``to_numpy``: the host boundary;
+* ``roll(x, shift, axis)``: ``keras.ops.roll`` with a shift computed in the kernel;
 * ``device()``, ``backend_versions()``: what runs the work, for cards and reports;
 * ``distribution()``, ``pipeline(...)``, ``ScalarWriter``: the training input
   pipeline, the device strategy and TensorBoard scalars;
@@ -28,7 +29,8 @@ Modules: :mod:`robust.backend.tensorflow` (the default), :mod:`robust.backend.ja
 :mod:`robust.backend.torch`;
 :mod:`robust.backend.common` holds what the backends without ``tf.data``,
 ``tf.distribute`` and ``tf.summary`` share. Only the chosen module is imported,
-so the JAX and PyTorch paths never import TensorFlow.
+so the JAX and PyTorch paths never import TensorFlow; nor does Keras for them
+(see :func:`_keras_without_tensorflow`).
 
 Backend-neutral pieces live here too: :func:`stateless` (run a model on given
 weight values: every compiled kernel takes the model's state as an argument,
@@ -41,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import platform
+import sys
 from typing import Sequence
 
 from robust import BACKENDS, check_keras_backend
@@ -59,6 +62,31 @@ if NAME not in BACKENDS:
         f"not support. Supported backends: {', '.join(BACKENDS)}; set KERAS_BACKEND to one of them."
     )
 
+
+
+def _keras_without_tensorflow() -> None:
+    """Under JAX or PyTorch, let Keras see TensorFlow as not installed (unless something imported it already).
+
+    Keras imports TensorFlow wherever it is installed, whatever the backend:
+    ``keras.utils.set_random_seed`` to seed it, ``model.save`` to recognise its
+    shape and dtype objects. That costs seconds and hundreds of MB, and fails
+    where the installed TensorFlow is broken. Keras asks one lazy module
+    whether TensorFlow is available; answering no makes it skip exactly what
+    it skips on a machine without TensorFlow, where robust runs anyway (no
+    TensorFlow object can reach Keras from robust on these backends). A Keras
+    without that lazy module keeps its own behaviour.
+    """
+    if NAME == "tensorflow" or "tensorflow" in sys.modules:
+        return
+    try:
+        from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
+    except ImportError:
+        return
+    if getattr(lazy_tensorflow, "module", None) is None:
+        lazy_tensorflow._available = False
+
+
+_keras_without_tensorflow()
 _module = importlib.import_module(f"robust.backend.{NAME}")
 GRADIENT_ERRORS = _module.GRADIENT_ERRORS
 Rng = _module.Rng
@@ -69,6 +97,7 @@ device = _module.device
 distribution = _module.distribution
 mixed_precision_policy = _module.mixed_precision_policy
 pipeline = _module.pipeline
+roll = _module.roll
 spec = _module.spec
 tensor = _module.tensor
 to_numpy = _module.to_numpy

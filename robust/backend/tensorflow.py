@@ -61,6 +61,13 @@ def to_numpy(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
+def roll(x, shift, axis):
+    """``keras.ops.roll`` (a ``shift`` computed inside the kernel is fine here)."""
+    import keras
+
+    return keras.ops.roll(x, shift, axis=axis)
+
+
 # ------------------------------------------------------------ random numbers
 
 _MASK32 = 0xFFFFFFFF

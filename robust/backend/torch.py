@@ -74,6 +74,13 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def roll(x, shift, axis):
+    """``keras.ops.roll`` with a tensor ``shift``: Keras hands it to ``torch.roll``, which takes only ints."""
+    if isinstance(shift, torch.Tensor):
+        shift = tuple(int(v) for v in shift.reshape(-1).tolist())
+    return torch.roll(keras.ops.convert_to_tensor(x), shift, dims=axis)
+
+
 # ------------------------------------------------------------ random numbers
 
 _MASK32 = 0xFFFFFFFF
