@@ -63,7 +63,6 @@ if NAME not in BACKENDS:
     )
 
 
-
 def _keras_without_tensorflow() -> None:
     """Under JAX or PyTorch, let Keras see TensorFlow as not installed (unless something imported it already).
 
