@@ -203,3 +203,8 @@ def adversarial_model(model, perturb: Callable, beta: float | None = None) -> Ad
         A ``keras.Model`` to compile and fit; ``model`` is what gets saved.
     """
     return AdversarialModel(model, perturb, beta)
+
+
+def roll(x, shift, axis):
+    """``keras.ops.roll``; a ``shift`` computed inside the kernel is fine on TensorFlow and JAX (PyTorch has its own)."""
+    return ops.roll(x, shift, axis=axis)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust.backend.common import AdversarialModel, ArrayBatches, OneDevice, ScalarWriter, Spec  # noqa: F401
+from robust.backend.common import AdversarialModel, ArrayBatches, OneDevice, ScalarWriter, Spec, roll  # noqa: F401
 
 #: An operation without a differentiation rule raises this while tracing.
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
@@ -109,13 +109,6 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def roll(x, shift, axis):
-    """``keras.ops.roll`` (a ``shift`` computed inside the kernel is fine here)."""
-    import keras
-
-    return keras.ops.roll(x, shift, axis=axis)
-
-
 # ------------------------------------------------------------ random numbers
 
 _MASK32 = 0xFFFFFFFF
@@ -172,7 +165,6 @@ class Rng:
     def integers(self, shape, low: int, high: int):
         """Integers in ``[low, high)``."""
         return int(low) + (self._bits(shape) % jnp.uint32(int(high) - int(low))).astype(jnp.int32)
-
 
 
 # ------------------------------------------------------ devices and training

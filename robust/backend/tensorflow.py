@@ -61,13 +61,6 @@ def to_numpy(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def roll(x, shift, axis):
-    """``keras.ops.roll`` (a ``shift`` computed inside the kernel is fine here)."""
-    import keras
-
-    return keras.ops.roll(x, shift, axis=axis)
-
-
 # ------------------------------------------------------------ random numbers
 
 _MASK32 = 0xFFFFFFFF
@@ -213,4 +206,4 @@ class ScalarWriter:
 # ------------------------------------------------------ adversarial training
 
 # TensorFlow reads variables by reference inside the compiled step: the shared stateful step serves as it is.
-from robust.backend.common import adversarial_model  # noqa: E402,F401
+from robust.backend.common import adversarial_model, roll  # noqa: E402,F401
