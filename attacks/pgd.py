@@ -183,7 +183,10 @@ class PGD(Attack):
         The iterate after a segment's last step is evaluated by the next segment's first step, or
         here when ``last`` is 1: every iterate is evaluated once, as in the single loop.
         """
-        key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape))
+        # The step count and step size are arguments, so PGD-20, PGD-40 and PGD-100 on one model (a
+        # study's attack and its more-steps check) share one kernel: one trace, one XLA compile per bucket.
+        key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self.random_start, self.loss,
+               tuple(image_shape))
 
         def build(proxy):
             def run(state, x, goal, current, best_x, best_value, best_ok, keys, first, count, last, restart, eps,

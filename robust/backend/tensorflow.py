@@ -38,14 +38,46 @@ def value_and_grad(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[An
     return wrapped
 
 
-def compile(fn: Callable, signature: list, *, jit_compile: bool | None = None) -> Callable:
+def compile(fn: Callable, signature: list, *, jit_compile: bool | None = None) -> "Compiled":
     """``fn`` as one compiled graph, traced once per signature (a ``None`` batch axis serves all batch sizes)."""
     jit = JIT_COMPILE if jit_compile is None else jit_compile
     compiled = tf.function(fn, input_signature=signature, jit_compile=jit)
     # Each (model, attack configuration) gets its own function from the same code, traced once;
     # TensorFlow counts those first traces together and would warn about "retracing".
     compiled._omit_frequent_tracing_warning = True
-    return compiled
+    return Compiled(compiled, signature)
+
+
+class Compiled:
+    """A ``tf.function`` with a fixed signature, called through its one concrete function.
+
+    ``tf.function.__call__`` binds, canonicalises and casts its arguments against the
+    signature on every call; with the model's weights among them that cost about 4 ms
+    of a 30 ms FGSM batch on a small CNN. The signature is fixed, so the graph is traced
+    once and later calls pass the flattened tensors straight to it, converted to the
+    signature's dtypes. Other attributes are the ``tf.function``'s.
+    """
+
+    def __init__(self, function, signature: list):
+        self._function = function
+        self._dtypes = [s.dtype for s in tf.nest.flatten(signature)]
+        self._concrete = None
+
+    def __call__(self, *args):
+        if self._concrete is None:
+            self._concrete = self._function.get_concrete_function()
+        flat = tf.nest.flatten(list(args))
+        if len(flat) != len(self._dtypes):
+            raise TypeError(f"expected {len(self._dtypes)} tensors for the compiled function, received {len(flat)}")
+        flat = [a if isinstance(a, tf.Tensor) and a.dtype == d else tf.convert_to_tensor(a, d)
+                for a, d in zip(flat, self._dtypes)]
+        call_flat = getattr(self._concrete, "_call_flat", None)
+        if call_flat is None:  # a TensorFlow without the private entry point: the public, slower call
+            return self._function(*args)
+        return call_flat(flat, self._concrete.captured_inputs)
+
+    def __getattr__(self, name):
+        return getattr(self._function, name)
 
 
 def spec(shape, dtype="float32") -> tf.TensorSpec:
