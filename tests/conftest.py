@@ -13,6 +13,16 @@ _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if _SHARED.is_dir():
     os.environ.setdefault("ROBUST_DATA_DIR", str(_SHARED))
 
+# Under JAX, compiled kernels are kept on disk (robust.backend.jax); the tests, and the JAX processes
+# they start, share one folder of their own rather than the user's ~/.cache, removed at the end.
+if "ROBUST_JAX_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["ROBUST_JAX_CACHE"] = tempfile.mkdtemp(prefix="robust-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["ROBUST_JAX_CACHE"], True)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -371,3 +371,37 @@ def test_scalar_writer_without_tensorflow(tmp_path):
         found = [(int(r.split(",")[1]), float(r.split(",")[2])) for r in rows]
     assert [s for s, _ in found] == [0, 1, 2]
     np.testing.assert_allclose([v for _, v in found], [0.5, 0.6, 0.7], rtol=1e-6)
+
+
+# ------------------------------------------------- JAX: compiled kernels kept on disk
+
+_COMPILE_AND_COUNT = """
+import jax, keras, numpy as np
+from robust.attacks import PGD
+from robust.backend import jax as backend_jax
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+keras.utils.set_random_seed(0)
+inputs = keras.Input((28, 28, 1))
+model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+x = np.random.default_rng(0).random((20, 28, 28, 1), dtype=np.float32)
+PGD(eps=0.1, steps=3)(model, x, np.arange(20) % 10, progress=False)
+print("CACHE", backend_jax.COMPILATION_CACHE, "HITS", len(hits))
+"""
+
+
+@pytest.mark.skipif(not installed("jax"), reason="backend not installed: jax (pip install -e '.[jax]')")
+def test_jax_keeps_compiled_kernels_on_disk_for_the_next_process(tmp_path):
+    """The second process attacking a model of the same shapes loads its kernels; ROBUST_JAX_CACHE=off keeps none."""
+    def run(cache: str, code: str = _COMPILE_AND_COUNT) -> list[str]:
+        env = dict(os.environ, KERAS_BACKEND="jax", ROBUST_JAX_CACHE=cache)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split("CACHE ")[-1].split()
+
+    folder = tmp_path / "cache"
+    assert run(str(folder)) == [str(folder), "HITS", "0"]
+    assert any(folder.iterdir())
+    second = run(str(folder))
+    assert second[:2] == [str(folder), "HITS"] and int(second[2]) > 0
+    assert run("off", "from robust.backend import jax as b; print('CACHE', b.COMPILATION_CACHE)") == ["None"]

@@ -19,6 +19,35 @@ from robust.backend.common import AdversarialModel, ArrayBatches, OneDevice, Sca
 GRADIENT_ERRORS: tuple[type[Exception], ...] = (NotImplementedError,)
 
 
+def _use_compilation_cache() -> str | None:
+    """Keep XLA's compiled kernels on disk, so another process (or model object) of the same shapes reuses them.
+
+    A kernel is cached per model object in memory; on CPU XLA takes 0.1-2 s to compile each, and a
+    study compiles a hundred or more (every attack, check and batch bucket). JAX's persistent cache
+    is keyed by the compiled program, not the weights, so a second ``robust`` command, or a second
+    checkpoint of the same architecture, loads them instead. The folder is ``ROBUST_JAX_CACHE``, by
+    default ``$XDG_CACHE_HOME/robust/jax`` (``~/.cache/robust/jax``); ``ROBUST_JAX_CACHE=off``
+    turns it off, and a cache folder already given to JAX (``JAX_COMPILATION_CACHE_DIR``) is kept.
+
+    Returns:
+        The folder in use, or ``None`` when off.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.environ.get("ROBUST_JAX_CACHE")
+    if folder is not None and folder.strip().lower() in ("", "0", "off", "no", "false", "none"):
+        return None
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "robust", "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # JAX's default (1 s) skips most of ours
+    return folder
+
+
+COMPILATION_CACHE = _use_compilation_cache()
+
+
 def value_and_grad(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any, Any]]:
     """Wrap ``fn(x, *args) -> (values, aux)`` into ``g(x, *args) -> (values, d sum(values)/dx, aux)``.
 
