@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -141,7 +142,7 @@ def cluster(tmp_path_factory):
     yield address
     os.killpg(head.pid, signal.SIGTERM)  # the head's own process group: ray start and what it started
     try:
-        head.wait(10)  # nothing of the module's work is left to save: a slow shutdown is only waiting
+        head.wait(2)  # nothing of the module's work is left to save: a slow shutdown is only waiting
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
@@ -174,10 +175,19 @@ def _with_models(reference: Path, out: Path) -> None:
 
 @needs_ray
 def test_ray_run_gives_the_in_process_results(in_process, spec_file, cluster, tmp_path):
+    """Training and attack tasks, attacks in shards, data and models through [ray] shared: the same study.
+
+    100 images in shards of 40: every attack is 3 tasks, merged on the driver; both models train as
+    tasks. The driver writes the data and model files to the shared folder once and workers read them
+    from there. The object store carries them in the two kill tests below.
+    """
+    share = tmp_path / "share"
+    share.mkdir()
+    spec = tmp_path / "shared.toml"
+    spec.write_text(spec_file.read_text() + f'\n[ray]\nshared = "{share}"\n')
     out = tmp_path / "ray"
-    # 100 images in shards of 40: every attack is 3 tasks, merged on the driver; both models train as tasks.
-    res = CliRunner().invoke(main, ["run", str(spec_file), "--out", str(out), "--no-progress",
-                                    "--ray", cluster, "--shard-size", "40"])
+    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--no-progress", "--ray", cluster,
+                                    "--shard-size", "40"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "Engine: Ray" in res.output and "1 node, 2 CPUs, 0 GPUs" in res.output
     assert "Token authentication" not in res.output and "dashboard" not in res.output.lower()
@@ -186,25 +196,13 @@ def test_ray_run_gives_the_in_process_results(in_process, spec_file, cluster, tm
     assert (ray_facts["nodes"], ray_facts["cpus"], ray_facts["gpus"]) == (1, 2, 0)
     assert "engine Ray" in (out / "report.md").read_text()
     assert _results(in_process)["run"]["engine"] == "in-process"
-
-
-@needs_ray
-def test_ray_through_shared_storage_gives_the_in_process_results(in_process, spec_file, cluster, tmp_path):
-    """[ray] shared: the driver writes the data and model files there once; workers read them from there."""
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = tmp_path / "shared.toml"
-    spec.write_text(spec_file.read_text() + f'\n[ray]\nshared = "{share}"\n')
-    out = tmp_path / "ray-shared"
-    _with_models(in_process, out)  # the attacks, extras and transfer cells read models and data from the share
-    res = CliRunner().invoke(main, ["run", str(spec), "--out", str(out), "--no-progress", "--ray", cluster])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    _same_study(out, in_process)
+    # The train split for the training tasks, the test split for the others, each model once; nothing half-written.
     shipped = sorted(p.name.split("-")[0] for p in (share / "robust-ray").iterdir())
-    assert shipped == ["data", "model", "model"], shipped  # the test split once, each model once, nothing half-written
-    data = next((share / "robust-ray").glob("data-*"))
-    assert sorted(p.name for p in data.iterdir()) == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy",
-                                                      "y_train.npy"]
+    assert shipped == ["data", "data", "model", "model"], shipped
+    splits = sorted(sorted(p.name for p in d.iterdir()) for d in (share / "robust-ray").glob("data-*"))
+    assert all(names == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"] for names in splits)
+    sizes = sorted(np.load(d / "x_train.npy", mmap_mode="r").shape[0] for d in (share / "robust-ray").glob("data-*"))
+    assert sizes == [0, 2000], sizes  # the attack tasks get no training images
     assert "ray_shared" not in _results(out)["spec"]  # where the data travels is not part of the study
 
 
@@ -238,8 +236,7 @@ def _ray_task_pids() -> list[int]:
 @needs_ray
 @pytest.mark.slow
 def test_a_killed_worker_has_its_task_retried(in_process, spec_file, cluster, tmp_path):
-    out = tmp_path / "worker-killed"
-    _with_models(in_process, out)
+    out = tmp_path / "worker-killed"  # everything through the object store; the task killed may be a training
     driver = subprocess.Popen(_cli("run", str(spec_file), "--out", str(out), "--no-progress", "--ray", cluster,
                                    "--shard-size", "25"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, deadline = None, time.time() + 240
