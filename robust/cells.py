@@ -182,6 +182,18 @@ def _load(model: ModelRef, stamp):
     return load_model_ref(model.ref, value_range=model.value_range, unsafe=model.unsafe)
 
 
+def _predict_logits(model, x: np.ndarray) -> np.ndarray:
+    """The model's logits on ``x`` from the attacks' compiled forward pass (one per model and image shape).
+
+    ``model.predict`` builds a ``tf.function`` per model from the same code, and a study's many
+    models made TensorFlow warn about "retracing" in the transfer cells.
+    """
+    from robust.attacks.compaction import clean_logits
+    from robust.gradients import model_logits
+
+    return clean_logits(model, model_logits(model, x), x, batch_size=256)
+
+
 def describe_ready(loaded, dataset) -> dict:
     """The card of a ready model (one robust did not train): its accuracy on the whole test split."""
     from robust.data import scale_to
@@ -190,7 +202,7 @@ def describe_ready(loaded, dataset) -> dict:
     model = loaded.model
     check_model_input(model, dataset.input_shape, data_name=f"the {dataset.name} data")
     lo, hi = loaded.value_range
-    logits = np.asarray(model.predict(scale_to(dataset.x_test, (lo, hi)), batch_size=256, verbose=0))
+    logits = _predict_logits(model, scale_to(dataset.x_test, (lo, hi)))
     return {"model": loaded.name, "source": loaded.source, "value_range": [lo, hi],
             "value_range_source": loaded.value_range_source, "params": count_params(model),
             "test_accuracy": float(np.mean(logits.argmax(1) == dataset.y_test)), "epochs": None,
@@ -289,7 +301,7 @@ def _transfer(cell: TransferCell) -> dict:
     for key, ref in cell.models:
         loaded = load_ref(ref)
         target_range = tuple(float(v) for v in loaded.value_range)
-        logits = np.asarray(loaded.model.predict(scale_to(unit, target_range), batch_size=256, verbose=0))
+        logits = _predict_logits(loaded.model, scale_to(unit, target_range))
         accuracy[key] = float(np.mean(logits.argmax(1) == y))
     return {"source": cell.source, "attack": cell.attack, "eps": cell.eps, "n": int(len(y)), "accuracy": accuracy}
 
