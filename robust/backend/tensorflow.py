@@ -61,20 +61,21 @@ class Compiled:
     def __init__(self, function, signature: list):
         self._function = function
         self._dtypes = [s.dtype for s in tf.nest.flatten(signature)]
-        self._concrete = None
+        self._concrete = self._call_flat = None
 
     def __call__(self, *args):
-        if self._concrete is None:
+        if self._concrete is None:  # traced once, on the first call
             self._concrete = self._function.get_concrete_function()
+            # A TensorFlow without the private entry point gets the public, slower call.
+            self._call_flat = getattr(self._concrete, "_call_flat", None)
+        if self._call_flat is None:
+            return self._function(*args)
         flat = tf.nest.flatten(list(args))
         if len(flat) != len(self._dtypes):
             raise TypeError(f"expected {len(self._dtypes)} tensors for the compiled function, received {len(flat)}")
         flat = [a if isinstance(a, tf.Tensor) and a.dtype == d else tf.convert_to_tensor(a, d)
                 for a, d in zip(flat, self._dtypes)]
-        call_flat = getattr(self._concrete, "_call_flat", None)
-        if call_flat is None:  # a TensorFlow without the private entry point: the public, slower call
-            return self._function(*args)
-        return call_flat(flat, self._concrete.captured_inputs)
+        return self._call_flat(flat, self._concrete.captured_inputs)
 
     def __getattr__(self, name):
         return getattr(self._function, name)
