@@ -28,7 +28,7 @@ from robust import backend
 from robust.attacks.compaction import clean_logits, read_logits
 from robust.attacks.driver import run_batches
 from robust.attacks.norms import Norm, get_norm
-from robust.errors import RobustError
+from robust.errors import MAX_COUNT, RobustError
 from robust.gradients import (
     Logits,
     cached,
@@ -192,16 +192,20 @@ def _take(base: AttackResult, other: AttackResult, take: np.ndarray, number: int
 
 
 def check_number(name: str, value, *, minimum: float | None = None, integer: bool = False,
-                  allow_none: bool = False, positive: bool = False):
+                  allow_none: bool = False, positive: bool = False, maximum: float | None = None):
     if value is None and allow_none:
         return None
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise RobustError(f"{name} must be {kind}; received {value!r} ({type(value).__name__}).")
-    if integer and float(value) != int(value):
+    if not isinstance(value, (int, np.integer)) and not math.isfinite(float(value)):  # before int(): inf, nan
+        raise RobustError(f"{name} must be a finite {kind[3:] if integer else 'number'}; received {value!r}.")
+    if integer and not isinstance(value, (int, np.integer)) and float(value) != int(value):
         raise RobustError(f"{name} must be {kind}; received {value!r}.")
-    if not math.isfinite(float(value)):
-        raise RobustError(f"{name} must be a finite number; received {value!r}.")
+    if maximum is None and integer:
+        maximum = MAX_COUNT
+    if maximum is not None and value > maximum:
+        raise RobustError(f"{name} must be at most {maximum:,g}; received {value!r}.")
     if positive and value <= 0:
         raise RobustError(f"{name} must be greater than 0; received {value!r}.")
     if minimum is not None and value < minimum:
@@ -242,7 +246,7 @@ class Attack:
         if not isinstance(targeted, (bool, np.bool_)):
             raise RobustError(f"targeted must be True or False; received {targeted!r}.")
         self.targeted = bool(targeted)
-        self.seed = check_number("seed", seed, integer=True, minimum=0)
+        self.seed = check_number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
 
     # ------------------------------------------------------------ subclass API
 

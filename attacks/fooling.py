@@ -114,7 +114,7 @@ class FoolingImages:
         self.blur_every = check_number("blur_every", blur_every, integer=True, minimum=0)
         self.blur_sigma = check_number("blur_sigma", blur_sigma, positive=True)
         self.jitter = check_number("jitter", jitter, integer=True, minimum=0)
-        self.seed = check_number("seed", seed, integer=True, minimum=0)
+        self.seed = check_number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
 
     @property
     def params(self) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -78,6 +79,60 @@ def check_writable(path: str | os.PathLike, *, kind: str = "folder", what: str =
     if free < min_free_bytes:
         raise RobustError(f"{what} {path} is on a full disk: {free:,} bytes free in {probe}, at least "
                           f"{min_free_bytes:,} needed. Free some space or choose another location.")
+
+
+@contextlib.contextmanager
+def claim(paths, *, force: bool = False, what: str = "output", command: str = "robust") -> Iterator[None]:
+    """Hold output files (or folders) for one command: checked, not taken by another run, and not overwritten.
+
+    Before any work starts: every path must be writable (:func:`check_writable`),
+    and one that already exists is refused unless ``force`` (so a finished result is
+    never replaced by accident). For the whole block, each path holds an exclusive
+    lock (a hidden ``.NAME.lock`` beside it, removed at the end; the OS drops the lock
+    if the process dies), so two commands writing the same file at once are refused
+    instead of one silently losing its result.
+
+    Args:
+        paths: one path or several; a folder's name ends in ``/`` in messages only.
+        force: allow replacing what exists.
+        what: names the output in messages (``"--out"``).
+        command: names the command in the message to a second run (``"robust attack"``).
+    """
+    import fcntl
+
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    for path in paths:
+        check_writable(path, kind="folder" if path.is_dir() else "file", what=what)
+    taken = [p for p in paths if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    if taken and not force:
+        names = ", ".join(str(p) for p in taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise RobustError(f"{what} {names} already exists{' (not empty)' if taken[0].is_dir() else ''}; expected a "
+                          "new location, so that an earlier result is never replaced by accident. Pass --force to "
+                          "replace it, or choose another --out.")
+    held: list[tuple[int, Path]] = []
+    try:
+        for path in paths:
+            home = path.parent  # the nearest existing folder: claiming creates no folder
+            while not home.exists() and home.parent != home:
+                home = home.parent
+            lock = home / (".%s.lock" % str(path.relative_to(home)).replace(os.sep, "_"))
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RobustError(f"{what} {path} is being written by another {command} (pid {holder}) right now; "
+                                  "two runs writing one result would lose one of them. Wait for it to finish, or "
+                                  "choose another --out.") from None
+            held.append((fd, lock))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        for fd, lock in held:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -193,9 +248,10 @@ def save_trained(directory: str | os.PathLike, model, card: dict) -> None:
     directory = Path(directory)
     with atomic_path(directory / MODEL_FILE, suffix=".keras") as tmp:
         model.save(tmp)
+        digest = file_sha256(tmp)
         # An old card must not outlive its model: drop it just before the new model lands.
         (directory / CARD_FILE).unlink(missing_ok=True)
-    write_json(directory / CARD_FILE, card)
+    write_json(directory / CARD_FILE, {**card, "model_sha256": digest})
 
 
 def save_trained_bytes(directory: str | os.PathLike, keras_bytes: bytes, card: dict) -> None:
@@ -204,7 +260,48 @@ def save_trained_bytes(directory: str | os.PathLike, keras_bytes: bytes, card: d
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CARD_FILE).unlink(missing_ok=True)
     write_bytes(directory / MODEL_FILE, keras_bytes)
-    write_json(directory / CARD_FILE, card)
+    write_json(directory / CARD_FILE, {**card, "model_sha256": hashlib.sha256(keras_bytes).hexdigest()})
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (a VGG's .keras is hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_card_matches(card: dict, model, model_path: Path) -> None:
+    """Refuse a ``robust train`` folder whose ``model.keras`` is not the model its ``model.json`` describes.
+
+    A card written since cards recorded it names the file's SHA-256; older cards are checked on what they
+    record of the model (parameter count, input shape, classes). A mismatch means one file was replaced or
+    copied from another run, and every number attributed to the card (dataset, value range, accuracy,
+    how it was trained) would describe another model.
+    """
+    import numpy as np
+
+    from robust.models import count_params
+
+    card_path = model_path.parent / CARD_FILE
+    fix = (f"Re-train into a new folder, copy the two files together, or remove {card_path} and pass --dataset "
+           "to use the .keras file alone.")
+    recorded = card.get("model_sha256")
+    if isinstance(recorded, str) and recorded != file_sha256(model_path):
+        raise RobustError(f"{model_path} is not the model its card {card_path} was written for: the card records "
+                          f"a model file with SHA-256 {recorded[:12]}..., and this file has "
+                          f"{file_sha256(model_path)[:12]}.... {fix}")
+    inputs = getattr(model, "inputs", None)
+    checks = [("params", card.get("params"), count_params(model)),
+              ("input_shape", card.get("input_shape"),
+               [None if d is None else int(d) for d in inputs[0].shape[1:]] if inputs and len(inputs) == 1 else None),
+              ("num_classes", card.get("num_classes"),
+               int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None)]
+    for key, expected, found in checks:
+        if expected is not None and found is not None and list(np.atleast_1d(expected)) != list(np.atleast_1d(found)):
+            raise RobustError(f"{model_path} does not match its card {card_path}: the card records {key}="
+                              f"{expected}, and the model has {key}={found}. {fix}")
 
 
 def read_npz(path: str | os.PathLike, *, what: str = "arrays file") -> dict:
@@ -278,6 +375,32 @@ def _listing(folder: Path, most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def _missing_class(exc: BaseException) -> str | None:
+    """Keras's own cause when a .keras file names a custom class no imported module registered, as a message."""
+    import re
+
+    text, seen = "", set()
+    while exc is not None and id(exc) not in seen:  # Keras wraps the cause in "could not be deserialized"
+        seen.add(id(exc))
+        text += "\n" + str(exc)
+        exc = exc.__cause__ or exc.__context__
+    found = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if not found:
+        return None
+    name = found.group(1)
+    module = re.search(r"'module': '([\w.]+)', 'class_name': '%s'" % re.escape(name), text)
+    registered = re.search(r"'registered_name': '([^']+)'", text[text.find(f"'class_name': '{name}'"):])
+    facts = ([f"registered as {registered.group(1)!r}"] if registered else []) + (
+        [f"defined in module {module.group(1)!r}"] if module else [])
+    where = f" ({', '.join(facts)})" if facts else ""
+    importer = module.group(1) if module else "your_layers"
+    return (f"{{path}} uses the custom Keras class {name!r}{where}, which no imported module has registered, so "
+            f"Keras cannot rebuild the model (Keras: Could not locate class {name!r}). Expected every custom layer "
+            "to be registered before loading: load the file through a factory that imports the module first, e.g. "
+            f"a file loader.py with `import keras, {importer}` and `def load(): return "
+            "keras.saving.load_model('{path}')`, then pass loader:load as the model.")
+
+
 def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
     """Load a model from a ``robust train`` directory or a ``.keras`` file.
 
@@ -319,10 +442,15 @@ def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
             ) from None
         raise RobustError(f"{path} could not be loaded as a Keras model: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
+        missing = _missing_class(exc)
+        if missing:
+            raise RobustError(missing.format(path=path)) from None
         raise RobustError(f"{path} could not be loaded as a Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}). Is it a complete .keras file?") from None
     if not isinstance(model, keras.Model):
         # A .keras archive can hold any saveable object, e.g. a single layer.
         raise RobustError(f"{path} holds a {type(model).__name__}, not a model. Expected a .keras file saved from "
                           "a keras.Model (model.save(path)).")
+    if card:
+        check_card_matches(card, model, path)
     return model, card

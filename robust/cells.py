@@ -264,6 +264,7 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     checks = gradient_checks(model, x, y, value_range=(lo, hi), seed=cell.seed,
                              attack_params=params if cell.strongest == "pgd" else dict(cell.pgd_params),
                              check_eps=cell.check_eps)
+    checks["value_range_conflict"] = range_conflict(model, (lo, hi))
     k, s = min(cell.examples, len(x)), min(cell.saliency, len(x))
     ex = get_attack(cell.strongest, eps=float(cell.example_eps), seed=cell.seed, **params)(
         model, x[:k], y[:k], value_range=(lo, hi), indices=np.asarray(cell.indices[:k]))
@@ -280,6 +281,19 @@ def _extras(cell: ExtrasCell) -> tuple[dict, dict[str, np.ndarray]]:
     # "What the network learned": a few layers, a few units each.
     arrays.update(report_arrays(model, x, value_range=(lo, hi), seed=cell.seed))
     return checks, arrays
+
+
+def range_conflict(model, value_range) -> str | None:
+    """A sentence when the range the model is attacked in contradicts its own leading Rescaling layer, else None."""
+    from robust.plugins import infer_value_range
+
+    guess, why = infer_value_range(model)
+    lo, hi = value_range
+    if guess is None or np.allclose(guess, (lo, hi)):
+        return None
+    return (f"attacked with inputs in [{lo:g}, {hi:g}] (its card or metadata), but its {why} takes "
+            f"[{guess[0]:g}, {guess[1]:g}]: every eps and clip is off by a factor of "
+            f"{(guess[1] - guess[0]) / (hi - lo):g}")
 
 
 def _transfer(cell: TransferCell) -> dict:

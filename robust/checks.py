@@ -33,7 +33,10 @@ def gradient_checks(model, x: np.ndarray, y: np.ndarray, *, value_range=(0.0, 1.
     n_full = min(len(x), n_full)
     attack = get_attack("pgd", eps=hi - lo, steps=10, seed=seed, **params)
     res = attack(model, x[:n_full], y[:n_full], value_range=(lo, hi))
+    classes, counts = np.unique(res.clean_pred, return_counts=True)
     return {
+        "majority": {"class": int(classes[counts.argmax()]), "share": float(counts.max() / n_full), "n": n_full},
+        "logits_kind": res.logits_kind,
         "more_steps": more_steps(model, x, y, value_range=(lo, hi), seed=seed, eps=check_eps,
                                  attack_params=attack_params) if check_eps else None,
         "zero_gradient_fraction": float(zero.mean()),
@@ -105,10 +108,46 @@ def sanity_checks(records: list[dict], raw: dict, num_classes: int) -> list[dict
                 "status": _status(acc <= chance + tol, acc <= 2 * chance),
                 "detail": f"PGD-{full['steps']} at eps={full['eps']:g}: accuracy {acc * 100:.1f}% on {full['n']} "
                           f"images (chance {chance * 100:.1f}%)"})
+    out += model_checks(raw)
     z = raw["zero_gradient_fraction"]
     out.append({"check": "no large fraction of zero input gradients",
                 "status": _status(z <= 0.01, z <= 0.10),
                 "detail": f"{z * 100:.1f}% of {raw['n_gradient']} images have an input gradient of exactly zero"})
+    return out
+
+
+def model_checks(raw: dict) -> list[dict]:
+    """Checks of the model itself, whose failure makes every robustness number of it meaningless or suspect.
+
+    A model that gives (nearly) every image one class has an accuracy under attack equal to that
+    class's share, and looks as robust as it is accurate; a sigmoid head is attacked through its
+    log-odds, correct for ranking classes but not what a softmax classifier's numbers mean; a value
+    range that contradicts the model's own leading Rescaling layer scales every eps wrongly.
+    Runs made before these checks have no such measurements and get none of these rows.
+    """
+    out = []
+    majority = raw.get("majority")
+    if majority:
+        share = majority["share"]
+        out.append({"check": "the model predicts more than one class",
+                    "status": _status(share < 0.9, share < 0.99),
+                    "detail": f"class {majority['class']} gets {share * 100:.1f}% of {majority['n']} clean "
+                              "predictions" + (": a constant classifier; its accuracy under attack is that class's "
+                                               "share, not robustness" if share >= 0.99 else "")})
+    kind = raw.get("logits_kind")
+    if kind is not None:
+        sigmoid = "sigmoid" in kind
+        out.append({"check": "the model outputs logits (or a softmax robust removes)",
+                    "status": "warn" if sigmoid else "pass",
+                    "detail": f"attacked through {kind}" + (": a sigmoid head scores each class on its own (a "
+                                                             "multi-label model?), so accuracy and robustness "
+                                                             "treat its highest score as the prediction"
+                                                             if sigmoid else "")})
+    if "value_range_conflict" in raw:
+        conflict = raw["value_range_conflict"]
+        out.append({"check": "the value range agrees with the model's leading Rescaling layer",
+                    "status": "warn" if conflict else "pass",
+                    "detail": conflict or "no conflict (no leading Rescaling layer, or one that agrees)"})
     return out
 
 

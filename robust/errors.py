@@ -10,6 +10,11 @@ code 1, with the traceback under ``robust --debug``.
 from __future__ import annotations
 
 
+#: The largest count (steps, queries, restarts, images per class ...) any option takes: beyond it a run would not
+#: finish in a lifetime, and arrays sized by it would not fit in memory.
+MAX_COUNT = 10_000_000
+
+
 class RobustError(ValueError):
     """Bad input from the user, explained in plain words."""
 

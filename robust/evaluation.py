@@ -23,6 +23,13 @@ def summarize(result: AttackResult) -> dict[str, Any]:
     classified correctly that the attack flipped; targeted, the fraction of
     the images not already labelled as the target that end up classified as
     it. ``None`` when no image qualifies.
+
+    ``mean_perturbation`` and ``max_perturbation`` are taken over those
+    flipped images only (the adversarial examples the attack found; in a
+    sweep, the smallest found up to this eps), ``None`` when there are none.
+    Clean mistakes need no perturbation and unbroken images have none that
+    counts, so neither enters: the numbers do not depend on whether eps 0,
+    or a smaller eps, came first on the grid.
     """
     labels, clean, adv = result.labels, result.clean_pred, result.adv_pred
     if result.target is not None:
@@ -31,14 +38,15 @@ def summarize(result: AttackResult) -> dict[str, Any]:
     else:
         eligible = clean == labels
         hits = adv[eligible] != labels[eligible]
+    flipped = result.perturbation[np.flatnonzero(eligible)[hits]]
     return {
         "eps": float(result.eps),
         "n": int(len(labels)),
         "clean_accuracy": float(np.mean(clean == labels)),
         "adversarial_accuracy": float(np.mean(adv == labels)),
         "success_rate": float(np.mean(hits)) if len(hits) else None,
-        "mean_perturbation": float(np.mean(result.perturbation)),
-        "max_perturbation": float(np.max(result.perturbation)),
+        "mean_perturbation": float(np.mean(flipped)) if len(flipped) else None,
+        "max_perturbation": float(np.max(flipped)) if len(flipped) else None,
         "seconds": float(result.seconds),
         "norm": result.norm,
         "attack": result.attack,
@@ -155,7 +163,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         success = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}%"
+        mean, most = ("-" if r[k] is None else f"{r[k]:.4f}" for k in ("mean_perturbation", "max_perturbation"))
         lines.append(f"{r['eps']:>8g}  {100 * r['clean_accuracy']:>8.1f}%  {100 * r['adversarial_accuracy']:>7.1f}%  "
-                     f"{success:>8}  {r['mean_perturbation']:>9.4f}  {r['max_perturbation']:>9.4f}  "
-                     f"{r['seconds']:>8.2f}")
+                     f"{success:>8}  {mean:>9}  {most:>9}  {r['seconds']:>8.2f}")
     return "\n".join(lines)

@@ -166,12 +166,14 @@ class Logits:
         return self.fn(x)
 
 
-def _is_softmax(activation) -> bool:
-    return getattr(activation, "__name__", "") == "softmax"
+def _squash(activation) -> str | None:
+    """``"softmax"`` or ``"sigmoid"`` when ``activation`` squashes scores into probabilities, else ``None``."""
+    name = getattr(activation, "__name__", "")
+    return name if name in ("softmax", "sigmoid") else None
 
 
-def _softmax_head(model):
-    """The layer producing the model's output when it ends in a softmax, else ``None``."""
+def _squashing_head(model):
+    """``(layer, "softmax" | "sigmoid")`` when the model's output comes from a squashing activation, else ``None``."""
     outputs = getattr(model, "outputs", None)
     if not outputs or len(outputs) != 1:
         return None
@@ -179,9 +181,10 @@ def _softmax_head(model):
         head = outputs[0]._keras_history.operation
     except AttributeError:
         return None
-    if isinstance(head, keras.layers.Softmax) or _is_softmax(getattr(head, "activation", None)):
-        return head
-    return None
+    if isinstance(head, keras.layers.Softmax):
+        return head, "softmax"
+    kind = _squash(getattr(head, "activation", None))
+    return (head, kind) if kind else None
 
 
 def _logits_without_softmax(model, head) -> tuple[Callable, list]:
@@ -206,21 +209,22 @@ def _logits_without_softmax(model, head) -> tuple[Callable, list]:
 def model_logits(model, sample: np.ndarray) -> Logits:
     """How to get logits from ``model``, detected once per model and cached.
 
-    A final softmax layer (or softmax activation) is removed; a model that
+    A final softmax or sigmoid layer (or activation) is removed; a model that
     cannot be looked into but outputs probabilities on ``sample`` is used
-    through its log-probabilities. Both cases warn: attacks must never
-    differentiate a saturated softmax.
+    through its log-probabilities (softmax) or log-odds (sigmoid). Each case
+    warns: attacks must never differentiate a saturated softmax or sigmoid.
     """
 
     def build(proxy):
-        head = _softmax_head(model)
+        found = _squashing_head(model)
         aliases = []
-        if head is not None:
+        if found is not None:
+            head, squash = found
             fn, aliases = _logits_without_softmax(model, head)
-            kind = "logits (the final softmax removed)"
+            kind = f"logits (the final {squash} removed)"
             warnings.warn(
-                f"Model {model.name!r} ends with a softmax ({head.name!r}); attacks use the logits before it, "
-                "because the gradient of a saturated softmax is zero and would make the model look robust.",
+                f"Model {model.name!r} ends with a {squash} ({head.name!r}); attacks use the logits before it, "
+                f"because the gradient of a saturated {squash} is zero and would make the model look robust.",
                 stacklevel=4,
             )
         else:
@@ -231,12 +235,21 @@ def model_logits(model, sample: np.ndarray) -> Logits:
                 f"Model {model.name!r} must output one score per class, shape (batch, classes) with at least "
                 f"2 classes; received output shape {out.shape}."
             )
-        if head is None and np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        if found is None and np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
             fn = _log_probabilities(fn)
             kind = "log-probabilities (the model outputs probabilities)"
             warnings.warn(
                 f"Model {model.name!r} appears to output probabilities (non-negative, summing to 1); attacks "
                 "use their logarithm. Prefer a model that outputs logits: a saturated softmax has no gradient.",
+                stacklevel=4,
+            )
+        elif found is None and np.all((out >= 0) & (out <= 1)):
+            fn = _log_odds(fn)
+            kind = "log-odds (the model outputs independent sigmoid probabilities)"
+            warnings.warn(
+                f"Model {model.name!r} appears to output one sigmoid probability per class (each in [0, 1], rows "
+                "not summing to 1); attacks use their log-odds, which rank the classes the same way. Prefer a "
+                "model that outputs logits: a saturated sigmoid has no gradient.",
                 stacklevel=4,
             )
         return Logits(fn, kind, int(out.shape[1]), model.variables, aliases)
@@ -265,6 +278,14 @@ def cache_size(model) -> int:
 
 def _log_probabilities(fn):
     return lambda x: ops.log(ops.maximum(fn(x), 1e-30))
+
+
+def _log_odds(fn):
+    """The logits behind sigmoid outputs: log(p) - log(1 - p), bounded where p is exactly 0 or 1."""
+    def log_odds(x):
+        p = fn(x)
+        return ops.log(ops.maximum(p, 1e-30)) - ops.log(ops.maximum(1.0 - p, 1e-30))
+    return log_odds
 
 
 def cross_entropy(logits, labels):

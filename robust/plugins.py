@@ -35,7 +35,9 @@ import contextvars
 import dataclasses
 import importlib
 import math
+import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,8 @@ def _from_file(path: Path, unsafe: bool) -> _Resolved:
 def _from_module(ref: str) -> _Resolved:
     module_name, attr = ref.split(":", 1)
     what = f"model factory {ref!r}"
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module in the current folder, as `python -m` finds it
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -368,14 +372,20 @@ def _finish(ref: str, unsafe: bool, resolved: _Resolved, explicit: tuple[float, 
                 "--value-range, or fix the metadata if it is wrong."
             )
         value_range, range_source = declared, resolved.range_source
+        if guess is not None and not np.allclose(guess, declared):
+            notes.append(f"warning: its {why} takes pixels in [{guess[0]:g}, {guess[1]:g}], but its "
+                         f"{resolved.range_source} says [{declared[0]:g}, {declared[1]:g}], which robust uses; if the "
+                         "layer is right, every eps and clip is off: fix the metadata")
     elif explicit is not None:
+        if guess is not None and not np.allclose(guess, explicit):
+            raise RobustError(
+                f"{what} starts with a {why}, which takes pixels in [{guess[0]:g}, {guess[1]:g}], but --value-range "
+                f"gives [{explicit[0]:g}, {explicit[1]:g}]; attacked with the wrong range, every eps and clip would "
+                f"be off by a factor of {(guess[1] - guess[0]) / (explicit[1] - explicit[0]):g}. Drop --value-range "
+                f"(the layer settles it), or pass --value-range {guess[0]:g},{guess[1]:g}."
+            )
         value_range = explicit
-        if guess is not None and np.allclose(guess, explicit):
-            range_source = why
-        else:
-            range_source = "--value-range"
-            if guess is not None:
-                notes.append(f"note: its {why} suggests [{guess[0]:g}, {guess[1]:g}]")
+        range_source = why if guess is not None else "--value-range"
     elif guess is not None:
         value_range, range_source = guess, why
     else:
@@ -453,10 +463,16 @@ def _probe(model, input_shape, value_range, declared: str | None, what: str) -> 
     x = np.random.default_rng(0).uniform(lo, hi, size=(_PROBE_SIZE, *shape)).astype(np.float32)
     try:
         out = model(x, training=False)
-        out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)  # any backend (torch: detached)
     except Exception as exc:
         raise RobustError(f"{what} fails on a batch of {_PROBE_SIZE} random images of shape {shape} in "
                           f"[{lo:g}, {hi:g}]: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if isinstance(out, (list, tuple, Mapping)):
+        heads = list(out.items()) if isinstance(out, Mapping) else list(enumerate(out))
+        shapes = ", ".join(f"{k}: {tuple(keras.ops.shape(v))}" for k, v in heads)
+        raise RobustError(f"{what} has {len(heads)} outputs ({shapes}); robust attacks one classifier output, "
+                          "shape (batch, classes). Give it a model with the head to attack as its only output, "
+                          "e.g. keras.Model(model.inputs, model.outputs[0]).")
+    out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)  # any backend (torch: detached)
     if out.ndim != 2 or out.shape[1] < 2:
         raise RobustError(f"{what} must output one score per class, shape (batch, classes) with at least 2 "
                           f"classes; on a batch of {_PROBE_SIZE} images it returned shape {out.shape}.")
@@ -470,6 +486,8 @@ def _probe(model, input_shape, value_range, declared: str | None, what: str) -> 
     if declared == "logits" and probabilities:
         raise RobustError(f"{what} declares outputs='logits' but its scores on random images are probabilities "
                           "(non-negative, each row summing to 1). Declare outputs='probabilities'.")
+    if not probabilities and np.all((out >= 0) & (out <= 1)) and declared != "logits":
+        return int(out.shape[1]), "sigmoid probabilities"  # one independent probability per class, not logits
     return int(out.shape[1]), "probabilities" if probabilities else "logits"
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from robust.errors import RobustError, known_names
+from robust.errors import MAX_COUNT, RobustError, known_names
 
 BUILTIN_SPECS = ("mnist", "cifar10", "mnist-adversarial")
 
@@ -124,12 +124,14 @@ def _check_keys(table: dict, allowed, where: str, source: str) -> None:
 
 
 def _int(value, where, source, minimum=1, optional=False, maximum=None):
+    """An integer field: a TOML integer (not a float, not inf or nan) in [minimum, maximum or MAX_COUNT]."""
     if value is None and optional:
         return None
     if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or (maximum is not None and value > maximum)):
-        raise _err(source, where, f"an integer >= {minimum}" if maximum is None
-                   else f"an integer in [{minimum}, {maximum}]", value)
+            or value > (MAX_COUNT if maximum is None else maximum)):
+        over = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        raise _err(source, where, f"an integer in [{minimum}, {maximum}]" if maximum is not None
+                   else (f"an integer of at most {MAX_COUNT:,}" if over else f"an integer >= {minimum}"), value)
     return value
 
 
@@ -173,7 +175,7 @@ def parse_spec(text: str, *, source: str = "<string>") -> Spec:
     return Spec(
         name=name, title=title, seed=seed, **data, models=models, attacks=_parse_attacks(raw, source), eps=eps,
         fooling=_parse_fooling(_table(raw, "fooling", source), data["dataset"], source),
-        report=_parse_report(_table(raw, "report", source), eps, source), source=source,
+        report=_parse_report(_table(raw, "report", source), eps, models, source), source=source,
         ray_shared=_parse_ray(_table(raw, "ray", source), source),
     )
 
@@ -333,13 +335,18 @@ def _ref_model(m: dict, training: dict, where: str, source: str) -> tuple[ModelE
     return entry, _slug(label) or _slug(Path(ref).stem) or "model", labelled
 
 
+def _widest_range(models) -> float:
+    """The widest input value range among the models: no eps of a spec may exceed it."""
+    return max([1.0] + [m.value_range[1] - m.value_range[0] for m in models if m.value_range])
+
+
 def _parse_eps(eps_table: dict, models, source: str) -> tuple[float, ...]:
     _check_keys(eps_table, {"values"}, "[eps]", source)
     eps_values = eps_table.get("values", [0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
     if not isinstance(eps_values, list) or not eps_values:
         raise _err(source, "eps.values", "a non-empty list of numbers", eps_values)
     eps = tuple(sorted({_number(e, "eps.values", source) for e in eps_values}))
-    widest = max([1.0] + [m.value_range[1] - m.value_range[0] for m in models if m.value_range])
+    widest = _widest_range(models)
     if eps[-1] > widest:
         raise _err(source, "eps.values", f"numbers in [0, {widest:g}] (the models' input value range)", eps_values)
     return eps
@@ -401,14 +408,19 @@ def _parse_fooling(table: dict, dataset: str, source: str) -> dict:
     return fooling
 
 
-def _parse_report(table: dict, eps: tuple[float, ...], source: str) -> dict:
+def _parse_report(table: dict, eps: tuple[float, ...], models, source: str) -> dict:
     report = {**_REPORT_DEFAULTS, **table}
     _check_keys(report, _REPORT_DEFAULTS, "[report]", source)
-    _int(report["examples"], "report.examples", source, minimum=1)  # the report always shows an examples figure
-    _int(report["saliency"], "report.saliency", source, minimum=0)
+    # The report always shows an examples figure and a saliency figure: each needs at least one image.
+    _int(report["examples"], "report.examples", source, minimum=1)
+    _int(report["saliency"], "report.saliency", source, minimum=1)
     if report["example_eps"] is None:
         report["example_eps"] = max(e for e in eps) if len(eps) == 1 else eps[len(eps) // 2]
-    _number(report["example_eps"], "report.example_eps", source)
+    widest = _widest_range(models)
+    example_eps = _number(report["example_eps"], "report.example_eps", source)
+    if example_eps > widest:
+        raise _err(source, "report.example_eps", f"a number in [0, {widest:g}] (the models' input value range, "
+                   "like eps.values)", report["example_eps"])
     return report
 
 

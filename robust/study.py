@@ -45,7 +45,9 @@ from robust.report.results import RESULTS_SCHEMA
 from robust.spec import Spec, settings_hash, threat_tag
 
 LOCK_FILE = ".robust.lock"
-WALL_CLOCK_KEYS = ("seconds", "started", "finished", "train_seconds")
+#: Fields of results.json that measure time, not the model: they differ between a resumed and an
+#: uninterrupted run (README, `robust run`, lists them; a test checks that it does).
+WALL_CLOCK_KEYS = ("seconds", "started", "finished", "train_seconds", "standard_epoch_seconds", "ratio_to_standard")
 #: Images of the transfer matrix (the first of the attacked subset): enough to see a gap of a few points.
 TRANSFER_IMAGES = 200
 

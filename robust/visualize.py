@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from robust.errors import RobustError
+from robust.errors import MAX_COUNT, RobustError
 
 OBJECTIVES = ("center", "mean")
 
@@ -256,11 +256,38 @@ def _check(name: str, value, *, minimum: float = 0.0, below: float | None = None
     ok = ok and math.isfinite(float(value)) and float(value) >= minimum and (below is None or float(value) < below)
     if ok and integer:
         ok = float(value) == int(value)
+    if ok and integer and value > MAX_COUNT:
+        raise RobustError(f"{name} must be at most {MAX_COUNT:,}; received {value!r}.")
     if not ok:
         what = "an integer" if integer else "a number"
         rng = f">= {minimum:g}" + (f" and < {below:g}" if below is not None else "")
         raise RobustError(f"{name} must be {what} {rng}; received {value!r}.")
     return int(value) if integer else float(value)
+
+
+def unit_gains(start, value) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: how many times the grown image excites it over the starting noise, and whether it is dead.
+
+    The ratio means something only where the starting activation is clearly positive; near zero or
+    below it (x16434993152 from a start of 1e-10) it is NaN, and :func:`gain_label` gives both values
+    instead. A unit is *dead* when the ascent could not make it fire: its final activation is at most 0
+    (a ReLU unit whose input never gets positive) or unchanged from the start (a zero gradient). Its
+    grown image is noise and says nothing about what it detects.
+
+    Returns:
+        ``(gains, dead)``: float64 ratios (NaN where undefined) and a boolean mask, one per unit.
+    """
+    start, value = np.asarray(start, np.float64), np.asarray(value, np.float64)
+    dead = (value <= 0) | (np.abs(value - start) <= 1e-6 * np.maximum(1.0, np.abs(start)))
+    defined = ~dead & (start > 1e-6) & (start >= 1e-3 * np.abs(value))
+    return np.where(defined, value / np.where(defined, start, 1.0), np.nan), dead
+
+
+def gain_label(start: float, value: float, gain: float, dead: bool) -> str:
+    """A unit's gain as a figure shows it: ``x12``, ``0 -> 3.1`` (no meaningful ratio) or ``dead``."""
+    if dead:
+        return "dead"
+    return f"{start:.2g} -> {value:.2g}" if math.isnan(gain) else f"x{gain:.0f}"
 
 
 class ActivationMaximization:

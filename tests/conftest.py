@@ -12,6 +12,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if _SHARED.is_dir():
     os.environ.setdefault("ROBUST_DATA_DIR", str(_SHARED))
+elif "ROBUST_DATA_DIR" not in os.environ:
+    # A fresh clone without ../shared: the MNIST shipped inside the package is all of MNIST, so every
+    # MNIST test runs on the same images, unpacked once into a folder of the session's own.
+    import atexit
+    import lzma
+    import shutil
+    import tempfile
+    from importlib import resources
+
+    _UNPACKED = tempfile.mkdtemp(prefix="robust-test-data-")
+    atexit.register(shutil.rmtree, _UNPACKED, True)
+    _packed = (resources.files("robust.data") / "mnist.npz.xz").read_bytes()
+    (Path(_UNPACKED) / "mnist.npz").write_bytes(lzma.decompress(_packed))
+    os.environ["ROBUST_DATA_DIR"] = _UNPACKED
 
 # Under JAX, compiled kernels are kept on disk (robust.backend.jax); the tests, and the JAX processes
 # they start, share one folder of their own rather than the user's ~/.cache, removed at the end.
@@ -37,6 +51,15 @@ def data_dir() -> Path:
     if not path or not (Path(path) / "mnist.npz").is_file():
         pytest.skip("real MNIST not found: set ROBUST_DATA_DIR to a folder with mnist.npz (../shared/data)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(data_dir) -> Path:
+    """The folder with cifar10.npz; CIFAR tests skip (saying why) where only the shipped MNIST is there."""
+    if not (data_dir / "cifar10.npz").is_file():
+        pytest.skip(f"CIFAR-10 not found: {data_dir} has no cifar10.npz (robust ships only MNIST; "
+                    "../shared/data has a CIFAR-10 subset)")
+    return data_dir
 
 
 @pytest.fixture(scope="session")

@@ -257,12 +257,12 @@ def test_file_and_train_folder_refs_give_the_factory_numbers(shipped_eval, shipp
 
 
 @pytest.mark.slow
-def test_keras_applications_architecture(tmp_path, data_dir, monkeypatch):
+def test_keras_applications_architecture(tmp_path, cifar_dir, monkeypatch):
     """MobileNetV3Small built with weights=None at 32x32: Rescaling(1/127.5, offset -1) inside, batch
     normalization and dropout, softmax last (minimalistic, to keep compiling it short)."""
     from robust.data import load_dataset
 
-    with np.load(data_dir / "cifar10.npz", allow_pickle=False) as cifar:  # real CIFAR-10, cut small
+    with np.load(cifar_dir / "cifar10.npz", allow_pickle=False) as cifar:  # real CIFAR-10, cut small
         y_test = cifar["y_test"].reshape(-1)
         idx = balanced_indices(y_test, 200, 0)
         small = tmp_path / "cifar_small.npz"

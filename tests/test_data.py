@@ -39,7 +39,7 @@ def test_npz_via_data_dir_is_float_nhwc(mnist):
     assert np.bincount(mnist.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-def test_cifar10_from_data_dir(data_dir):
+def test_cifar10_from_data_dir(cifar_dir):
     ds = load_dataset("cifar10")
     assert ds.input_shape == (32, 32, 3) and ds.class_names[0] == "airplane" and ds.num_classes == 10
 

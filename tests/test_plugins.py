@@ -298,9 +298,13 @@ def test_metadata_then_value_range_then_rescaling(factories):
         load_model_ref("shapes:declared", value_range=(0, 255))
     assert load_model_ref("shapes:declared", value_range=(-1, 1)).value_range_source == "factory metadata"
 
-    overridden = load_model_ref("shapes:rescaled", value_range=(0, 1))
-    assert overridden.value_range == (0.0, 1.0) and overridden.value_range_source == "--value-range"
-    assert "suggests [0, 255]" in overridden.describe()
+    # A --value-range that contradicts the model's own Rescaling layer is refused, naming the range it implies.
+    with pytest.raises(RobustError, match=r"Rescaling layer .* takes pixels in \[0, 255\], but --value-range gives "
+                                          r"\[0, 1\].*off by a factor of 255.*--value-range 0,255"):
+        load_model_ref("shapes:rescaled", value_range=(0, 1))
+    # Metadata that contradicts the layer wins (the author said so), with a warning that names both.
+    declared = load_model_ref("shapes:declared")
+    assert "warning: its Rescaling layer" in declared.describe() and "says [-1, 1]" in declared.describe()
     agreeing = load_model_ref("shapes:rescaled", value_range=(0, 255))
     assert "Rescaling layer" in agreeing.value_range_source
 

@@ -11,7 +11,9 @@ import numpy as np
 from robust.cli import main
 from robust.cli.common import (
     FloatList,
+    Number,
     ValueRange,
+    count,
     data_options,
     echo_err,
     enforce_fail_under,
@@ -41,6 +43,8 @@ def _no_dataset(model_ref: str) -> str:
     """How to call a model reference without a model card, for messages."""
     from robust.artifacts import CARD_FILE
 
+    if Path(model_ref).is_dir() and (Path(model_ref) / CARD_FILE).is_file():
+        return f"The model card {Path(model_ref) / CARD_FILE} names no dataset (its 'dataset' field is missing or empty)"
     if Path(model_ref).is_dir():
         return f"{model_ref} is a folder without {CARD_FILE} (the model card `robust train` writes)"
     return f"{model_ref} is a .keras file without a model card"
@@ -115,22 +119,25 @@ def _versions() -> dict:
 @click.option("--attack", "attack_name", default="pgd", show_default=True, metavar="NAME",
               help="A registered attack: fgsm, pgd, apgd, apgd-t, square, auto (the ensemble), or a plugin "
                    "(see `robust attacks`).")
-@click.option("--eps", type=FloatList(), default="0.05,0.1,0.3", show_default=True,
-              help="Comma-separated radii of the norm ball, in the units of the value range.")
+@click.option("--eps", type=FloatList(), default=None,
+              help="Comma-separated radii of the norm ball, in the units of the model's value range (0,8,16 for "
+                   "0-255 pixels)  [default: 0.05,0.1,0.3 of the value range's width]")
 @click.option("--norm", default="inf", show_default=True, metavar="inf|2", help="Threat model: L-inf or L2.")
-@click.option("--steps", type=int, default=None, help="PGD, APGD: gradient steps  [default: 40; APGD 100]")
-@click.option("--queries", type=int, default=None, help="Square: model queries per image  [default: 5000]")
-@click.option("--step-size", type=float, default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
-@click.option("--restarts", type=int, default=None, help="PGD: random restarts; the worst case is kept  [default: 1]")
+@click.option("--steps", type=count(None), default=None, help="PGD, APGD: gradient steps  [default: 40; APGD 100]")
+@click.option("--queries", type=count(None), default=None, help="Square: model queries per image  [default: 5000]")
+@click.option("--step-size", type=Number(), default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
+@click.option("--restarts", type=count(None), default=None, help="PGD: random restarts; the worst case is kept  [default: 1]")
 @click.option("--random-start/--no-random-start", default=None, help="PGD: start at a random point of the ball.")
 @click.option("--loss", default=None, metavar="ce|margin|dlr",
               help="Loss to ascend: cross-entropy, margin (C&W; PGD) or DLR (APGD).")
 @click.option("--targeted", is_flag=True, help="Attack towards --target instead of away from the label.")
 @click.option("--target", default=None, metavar="C", help="Target class (index or name); implies --targeted.")
 @data_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per batch.")
+@click.option("--batch-size", type=count(1), default=256, show_default=True, help="Images per batch.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="JSON results  [default: attack-NAME-NORM.json beside MODEL]")
+              help="JSON results  [default: attack-NAME-NORM.json beside MODEL]; an existing file is kept "
+                   "unless --force")
+@click.option("--force", is_flag=True, help="Replace an existing --out file (and its example PNGs).")
 @click.option("--save-examples", is_flag=True,
               help="Also write a PNG per eps of clean / perturbation / adversarial examples.")
 @click.option("--value-range", "value_range_opt", type=ValueRange(), default=None,
@@ -139,7 +146,7 @@ def _versions() -> dict:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @fail_under_option
 def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size, restarts, random_start, loss, targeted,
-                   target, dataset, data_path, limit, seed, batch_size, out, save_examples, value_range_opt,
+                   target, dataset, data_path, limit, seed, batch_size, out, force, save_examples, value_range_opt,
                    unsafe, no_progress, fail_under) -> None:
     """Attack MODEL on the test split of its data and print accuracy under attack per eps.
 
@@ -150,7 +157,7 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     Example: robust attack runs/lenet5 --attack pgd --eps 0.1,0.3 --steps 40
     """
     from robust.attacks import get_attack
-    from robust.data import load_dataset
+    from robust.data import DATASETS, load_dataset
     from robust.evaluation import evaluate_attack, format_table
     from robust.data import scale_to
     from robust.models import check_model_input
@@ -163,58 +170,97 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
         targeted = True
     if targeted:
         params["targeted"] = True
-    if not eps:
+    if eps is not None and not eps:
         raise RobustError("--eps needs at least one number, such as --eps 0.05,0.1,0.3.")
-    for e in eps:
+    for e in eps or DEFAULT_EPS_FRACTIONS:
         get_attack(attack_name, eps=e, seed=seed, **params)
     if targeted and target is None:
         raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
-    from robust.artifacts import check_writable
+    from robust.artifacts import all_or_nothing, claim, write_json
     from robust.attacks import get_norm
 
     norm_tag = "linf" if get_norm(norm).name == "inf" else "l2"
     out_path = Path(out) if out else _default_out(model_ref, f"attack-{attack_name}-{norm_tag}.json")
-    check_writable(out_path, kind="file", what="--out" if out else "the results file")
-
     model, card = _load(model_ref, unsafe, value_range_opt)
-    dataset = dataset or card.get("dataset")
-    if dataset is None:
-        raise RobustError(f"{_no_dataset(model_ref)}, so it does not say what data the model was trained on. "
-                          "Pass --dataset mnist, fashion_mnist or cifar10 (and --data PATH for your own files).")
-    data_path = data_path or (_card_data_path(card, model_ref) if dataset == card.get("dataset") else None)
-    data = load_dataset(dataset, data_path, limit=limit, seed=seed)
-    check_model_input(model, data.input_shape, data_name=f"the {dataset} data")
-    value_range = tuple(card.get("value_range") or data.value_range)
-    class_names = _class_names(card, dataset) or list(data.class_names)
-    target_index = _parse_class(target, class_names, "--target") if target is not None else None
+    value_range = tuple(card["value_range"])
+    eps = _eps_in_range(eps, value_range)
+    pngs = [out_path.with_name(f"{out_path.stem}-eps{e:g}.png") for e in eps] if save_examples else []
+    with claim([out_path, *pngs], force=force, what="--out" if out else "the results file",
+               command="robust attack"), all_or_nothing():
+        dataset = dataset or card.get("dataset")
+        if dataset is None:
+            raise RobustError(f"{_no_dataset(model_ref)}, so it does not say what data the model was trained on. "
+                              "Pass --dataset mnist, fashion_mnist or cifar10 (and --data PATH for your own files).")
+        data_path = data_path or (_card_data_path(card, model_ref) if dataset == card.get("dataset") else None)
+        if dataset in DATASETS:  # the shapes are known before any image is read
+            check_model_input(model, DATASETS[dataset].image_shape, data_name=f"the {dataset} data")
+        data = load_dataset(dataset, data_path, limit=limit, seed=seed)
+        check_model_input(model, data.input_shape, data_name=f"the {dataset} data")
+        class_names = _class_names(card, dataset) or list(data.class_names)
+        target_index = _parse_class(target, class_names, "--target") if target is not None else None
 
-    examples: list[Path] = []
+        def save(result):  # staged: lands with the JSON, or not at all
+            figures.examples_grid(figures.example_arrays(x_model, result, value_range), class_names, result.eps,
+                                  attack_name.upper(), pngs[eps.index(result.eps)])
 
-    def save(result):
-        path = out_path.with_name(f"{out_path.stem}-eps{result.eps:g}.png")
-        figures.examples_grid(figures.example_arrays(x_model, result, value_range), class_names, result.eps,
-                              attack_name.upper(), path)
-        examples.append(path)
-
-    model_name = card.get("model", model.name)
-    echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
-    x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
-    results = []  # the sweep's results, for each image's robustness radius
-    rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
-                           batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
-                           on_result=lambda r: (results.append(r), save_examples and save(r)), **params)
-    click.echo(format_table(rows))
-    radius = _radius(results, rows)
-    from robust.artifacts import write_json
-
-    write_json(out_path, {
-        "command": "attack", "model": str(model_ref), "model_name": model_name, "dataset": dataset,
-        "data_source": data.source, "value_range": list(value_range), "n": len(data.x_test),
-        "attack": attack_name, "norm": norm, "params": rows[0]["params"], "target": target_index,
-        "labels_from": rows[0]["labels_from"], "rows": rows, "radius": radius, "versions": _versions(),
-    })
-    click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in examples))
+        model_name = card.get("model", model.name)
+        echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
+        x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
+        results = []  # the sweep's results, for each image's robustness radius
+        rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
+                               batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
+                               on_result=lambda r: (results.append(r), save_examples and save(r)), **params)
+        click.echo(format_table(rows))
+        warn_constant(results, class_names)
+        radius = _radius(results, rows)
+        write_json(out_path, {
+            "command": "attack", "model": str(model_ref), "model_name": model_name, "dataset": dataset,
+            "data_source": data.source, "value_range": list(value_range), "n": len(data.x_test),
+            "attack": attack_name, "norm": norm, "params": rows[0]["params"], "target": target_index,
+            "labels_from": rows[0]["labels_from"], "rows": rows, "radius": radius, "versions": _versions(),
+        })
+    click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in pngs))
     enforce_fail_under(rows, fail_under)
+
+
+#: ``robust attack``'s default eps, as fractions of the model's value range (0-255 pixels: 12.75, 25.5, 76.5).
+DEFAULT_EPS_FRACTIONS = (0.05, 0.1, 0.3)
+
+
+def _eps_in_range(eps: list[float] | None, value_range) -> list[float]:
+    """The eps to run in the model's units: the default fractions scaled to its range, or the given ones.
+
+    Given eps are in the model's units, as in ``robust eval``; on a range wider than 1 where every eps
+    is below 1, the user most likely meant fractions of [0, 1], so say what they will get.
+    """
+    lo, hi = value_range
+    width = hi - lo
+    if eps is None:
+        eps = [round(f * width, 6) for f in DEFAULT_EPS_FRACTIONS]
+        if width != 1:
+            echo_err(f"eps {','.join(f'{e:g}' for e in eps)}: the default "
+                     f"{','.join(f'{f:g}' for f in DEFAULT_EPS_FRACTIONS)} of the model's value range "
+                     f"[{lo:g}, {hi:g}]")
+        return eps
+    if width >= 2 and max(eps) < 1:
+        echo_err(f"warning: --eps {','.join(f'{e:g}' for e in eps)} is in the model's units: its inputs are in "
+                 f"[{lo:g}, {hi:g}], so eps {max(eps):g} moves a pixel by {max(eps):g} of {width:g} "
+                 f"({100 * max(eps) / width:.2g}% of the range). For fractions of the range pass --eps "
+                 f"{','.join(f'{e * width:g}' for e in eps)}.")
+    return list(eps)
+
+
+def warn_constant(results, class_names) -> None:
+    """Warn when the model gives every clean image the same class: its accuracies say nothing about robustness."""
+    if not results:
+        return
+    predicted = np.asarray(results[0].clean_pred)
+    classes, counts = np.unique(predicted, return_counts=True)
+    if len(predicted) >= 10 and counts.max() >= 0.99 * len(predicted):
+        name = class_names[int(classes[counts.argmax()])] if class_names else str(int(classes[counts.argmax()]))
+        echo_err(f"warning: the model predicts class {name!r} for {counts.max():,} of {len(predicted):,} clean "
+                 "images: a constant classifier. Its accuracy under attack measures the share of that class, "
+                 "not robustness; check the model and its value range.")
 
 
 def _radius(results, rows) -> dict:
@@ -250,15 +296,15 @@ def attacks_command() -> None:
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--classes", default="all", show_default=True, metavar="all|C,C",
               help="Classes to grow fooling images for (indices or names).")
-@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--seeds", type=count(1), default=4, show_default=True,
               help="Images per class, each from its own noise.")
-@click.option("--threshold", type=float, default=0.99, show_default=True, help="Confidence to reach.")
-@click.option("--max-steps", type=int, default=1000, show_default=True, help="Most gradient steps per image.")
-@click.option("--step-size", type=float, default=None, help="Pixel change per step  [default: 1% of the value range]")
-@click.option("--l2-decay", type=float, default=0.0, show_default=True,
+@click.option("--threshold", type=Number(), default=0.99, show_default=True, help="Confidence to reach.")
+@click.option("--max-steps", type=count(None), default=1000, show_default=True, help="Most gradient steps per image.")
+@click.option("--step-size", type=Number(), default=None, help="Pixel change per step  [default: 1% of the value range]")
+@click.option("--l2-decay", type=Number(), default=0.0, show_default=True,
               help="Shrink towards the range's low end per step (Yosinski et al. 2015).")
-@click.option("--blur-every", type=int, default=0, show_default=True, help="Gaussian blur every N steps (0: off).")
-@click.option("--jitter", type=int, default=0, show_default=True, help="Random shift of up to N pixels per step.")
+@click.option("--blur-every", type=count(None), default=0, show_default=True, help="Gaussian blur every N steps (0: off).")
+@click.option("--jitter", type=count(None), default=0, show_default=True, help="Random shift of up to N pixels per step.")
 @seed_option()
 @click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a .keras file without a card.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",

@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from robust.errors import RobustError
+from robust.errors import MAX_COUNT, RobustError
 
 
 class UserError(click.ClickException):
@@ -99,6 +99,29 @@ def seed_option():
 
     return click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, metavar="N",
                         help="Random seed.")
+
+
+class Number(click.FloatRange):
+    """A finite number, optionally in a range: click's FLOAT takes 'nan' and 'inf', which compare false with
+    every bound and so would slip through a range check (``--fail-under nan`` would pass every gate)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number{self._describe_range_suffix()}; received {value!r}.", param, ctx)
+        return number
+
+    def _describe_range_suffix(self) -> str:
+        return "" if self.min is None and self.max is None else f" in the range {self._describe_range()}"
+
+
+def count(minimum: int | None = 1) -> click.IntRange:
+    """An integer option (steps, queries, images): at least ``minimum``, at most :data:`MAX_COUNT`.
+
+    ``minimum=None`` leaves the lower bound to the object the value goes to (an attack names its own limits)."""
+    return click.IntRange(minimum, MAX_COUNT)
 
 
 class FloatList(click.ParamType):
@@ -229,7 +252,7 @@ def check_fits(loaded, dataset: str) -> None:
 
 def fail_under_option(func):
     """``--fail-under X``: the CI gate shared by robust attack and robust eval."""
-    return click.option("--fail-under", "fail_under", type=click.FloatRange(0.0, 1.0), default=None, metavar="X",
+    return click.option("--fail-under", "fail_under", type=Number(0.0, 1.0), default=None, metavar="X",
                         help="Exit with status 1 when robust accuracy (the lowest accuracy under attack at any "
                              "eps > 0) is below X, e.g. 0.80; a gate for CI pipelines.")(func)
 

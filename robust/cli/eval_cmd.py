@@ -8,9 +8,7 @@ same model give the same folder, numbers and report.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -19,6 +17,7 @@ from robust.cli import main
 from robust.cli.common import (
     FloatList,
     check_fits,
+    count,
     check_resume,
     data_options,
     enforce_fail_under,
@@ -42,7 +41,7 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 @click.option("--eps", "eps", type=FloatList(), default=None,
               help="Comma-separated eps in the model's value range, e.g. 0,8,16 for 0-255 pixels "
                    "[default: 0, 5, 10, 15, 20 and 30% of the range].")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+@click.option("--steps", type=count(1), default=None,
               help="Iterations of the attacks that take steps (PGD).")
 @click.option("--value-range", "value_range", type=ValueRange(), default=None,
               help="Pixel range the model expects, when its metadata does not say (otherwise a leading "
@@ -84,9 +83,6 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     if out_dir is not None:
         check_resume(out_dir, resume)
         check_writable(out_dir, what="--out")
-    if ":" in model_ref and not Path(model_ref).exists() and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # module:factory in the current folder, as `python -m` finds it
-
     loaded = load_model_ref(model_ref, value_range=value_range, unsafe=unsafe)
     dataset = dataset or loaded.dataset
     if dataset is None:

@@ -50,10 +50,22 @@ def _list_trained(root: Path) -> None:
     from robust.artifacts import CARD_FILE, read_card
 
     folders = sorted({p.parent for p in root.rglob(CARD_FILE)} | ({root} if (root / CARD_FILE).is_file() else set()))
-    found = [(f, read_card(f)) for f in folders if (f / "model.keras").is_file()]
-    if not found:
+    folders = [f for f in folders if (f / "model.keras").is_file()]
+    if not folders:
         click.echo(f"No trained models under {root} (a `robust train` folder holds model.keras and model.json).")
         return
-    for folder, card in found:
-        click.echo(f"{folder}\n  {card.get('model', '?')} on {card.get('dataset', '?')}, clean test accuracy "
-                   f"{card.get('test_accuracy', float('nan')):.4f}\n  training: {describe_training(card)}")
+    unreadable = 0
+    for folder in folders:
+        try:  # one damaged card is reported on its own line; the other models are still listed
+            card = read_card(folder)
+            accuracy = card.get("test_accuracy")
+            accuracy = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "unknown (not in the card)"
+            line = (f"  {card.get('model', '?')} on {card.get('dataset', '?')}, clean test accuracy {accuracy}\n"
+                    f"  training: {describe_training(card)}")
+        except Exception as exc:  # noqa: BLE001  a card written by hand can hold anything
+            unreadable += 1
+            line = f"  skipped: its card cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        click.echo(f"{folder}\n{line}")
+    if unreadable:
+        click.echo(f"{unreadable} of {len(folders)} folders have a card robust cannot read; the others are listed.",
+                   err=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import data_options, echo_err, parse_model_options
+from robust.cli.common import Number, count, data_options, echo_err, parse_model_options
 from robust.errors import RobustError, known_names
 
 
@@ -19,17 +19,17 @@ def adversarial_options(func):
         click.option("--adversarial", type=click.Choice(["pgd", "fgsm-rs", "trades"]), default=None,
                      help="Train on adversarial examples: pgd (Madry et al. 2018), fgsm-rs (Wong et al. 2020), "
                           "trades (Zhang et al. 2019)."),
-        click.option("--adv-eps", type=float, default=None, metavar="E",
+        click.option("--adv-eps", type=Number(), default=None, metavar="E",
                      help="Radius of the training threat model, in the value range's units (e.g. 0.3)."),
-        click.option("--adv-steps", type=int, default=None, metavar="K",
+        click.option("--adv-steps", type=count(None), default=None, metavar="K",
                      help="Attack steps per batch  [default: 10; fgsm-rs: 1]"),
-        click.option("--adv-step-size", type=float, default=None, metavar="A",
+        click.option("--adv-step-size", type=Number(), default=None, metavar="A",
                      help="Attack step size  [default: 2.5 x eps / K; fgsm-rs: 1.25 x eps]"),
-        click.option("--adv-beta", type=float, default=None, metavar="B",
+        click.option("--adv-beta", type=Number(), default=None, metavar="B",
                      help="trades only: weight of the KL term  [default: 6]"),
         click.option("--adv-norm", type=click.Choice(["inf", "2"]), default=None,
                      help="Threat model norm  [default: inf]"),
-        click.option("--adv-warmup", type=int, default=None, metavar="N",
+        click.option("--adv-warmup", type=count(None), default=None, metavar="N",
                      help="Epochs over which eps ramps up linearly from 0  [default: 0]"),
     ]
     for option in reversed(options):
@@ -60,11 +60,11 @@ def adversarial_config(adversarial, adv_eps, adv_steps, adv_step_size, adv_beta,
 @main.command("train")
 @click.argument("model_name", metavar="MODEL")
 @data_options
-@click.option("--epochs", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--epochs", type=count(1), default=None, metavar="N",
               help="Passes over the training images  [default: per model, chosen for the CPU]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, metavar="N",
+@click.option("--batch-size", type=count(1), default=128, show_default=True, metavar="N",
               help="Images per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, metavar="RATE",
+@click.option("--lr", type=Number(min=0, min_open=True), default=None, metavar="RATE",
               help="Initial learning rate of AdamW, decayed along a cosine  [default: per model]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, dir_okay=True), default=None, metavar="DIR",
               help="Folder for model.keras and model.json  [default: runs/MODEL_DATASET]")

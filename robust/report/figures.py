@@ -210,7 +210,7 @@ def _stretch(img) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
-def unit_grid(layer: str, units, maximized, crops, top_values, path: Path, *, gains=None,
+def unit_grid(layer: str, units, maximized, crops, top_values, path: Path, *, activations=None,
               receptive_field: str = "") -> str:
     """One row per unit: the image grown to excite it, then its top activating images cropped to its field.
 
@@ -222,20 +222,25 @@ def unit_grid(layer: str, units, maximized, crops, top_values, path: Path, *, ga
         crops: (U, K, h, w, C) top crops in [0, 1], NaN outside the image; K may be 0.
         top_values: (U, K) the unit's activation on each crop.
         path: the PNG to write.
-        gains: (U,) final / starting activation of the maximisation, shown under each unit.
+        activations: ``(start, value)``, (U,) each: the unit's activation on the starting noise and on the
+            grown image; the gain (or ``dead``) is shown under each unit (:func:`robust.visualize.gain_label`).
         receptive_field: a description of the field, for the title.
 
     Returns:
         The PNG's file name.
     """
+    from robust.visualize import gain_label, unit_gains
+
     plt = _plt()
     u, k = len(units), (crops.shape[1] if crops is not None and crops.ndim == 5 else 0)
     fig, axes = plt.subplots(u, 1 + k, figsize=(1.15 * (1 + k) + 0.6, 1.2 * u + 0.5), squeeze=False)
     for r in range(u):
         _show(axes[r, 0], _for_display(_stretch(maximized[r])))
         label = f"unit {int(units[r])}"
-        if gains is not None:
-            label += f"\nx{float(gains[r]):.0f}" if abs(float(gains[r])) < 1e6 else "\n>1e6x"
+        if activations is not None:
+            start, value = activations
+            gain, dead = unit_gains(start, value)
+            label += "\n" + gain_label(float(start[r]), float(value[r]), float(gain[r]), bool(dead[r]))
         axes[r, 0].set_ylabel(label, fontsize=7)
         for c in range(k):
             _show(axes[r, 1 + c], _for_display(crops[r, c]))
@@ -268,11 +273,10 @@ def learned_figures(arrays, key: str, fig_dir: Path) -> list[dict]:
     out = []
     for i, layer in enumerate(str(n) for n in arrays["learned_layers"]):
         start, value = arrays[f"learned{i}_start"], arrays[f"learned{i}_value"]
-        gains = value / np.maximum(np.abs(start), 1e-12)
         image = tuple(arrays["example_x"].shape[1:3]) if "example_x" in arrays.files else None
         rf = rf_text(arrays[f"learned{i}_rf"], image)
         png = unit_grid(layer, arrays[f"learned{i}_units"], arrays[f"learned{i}_max"], arrays[f"learned{i}_top"],
-                        arrays[f"learned{i}_top_value"], fig_dir / f"learned_{key}_{i}.png", gains=gains,
+                        arrays[f"learned{i}_top_value"], fig_dir / f"learned_{key}_{i}.png", activations=(start, value),
                         receptive_field=rf)
         out.append({"png": png, "layer": layer, "receptive_field": rf})
     return out
