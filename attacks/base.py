@@ -205,7 +205,7 @@ def check_number(name: str, value, *, minimum: float | None = None, integer: boo
     if maximum is None and integer:
         maximum = MAX_COUNT
     if maximum is not None and value > maximum:
-        raise RobustError(f"{name} must be at most {maximum:,g}; received {value!r}.")
+        raise RobustError(f"{name} must be at most {maximum:,}; received {value!r}.")
     if positive and value <= 0:
         raise RobustError(f"{name} must be greater than 0; received {value!r}.")
     if minimum is not None and value < minimum:

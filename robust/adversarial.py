@@ -141,14 +141,10 @@ def describe_training(card: dict | None) -> str:
 
 
 def _number(name, value, *, integer=False, positive=False):
-    flag = f"--adv-{name.replace('_', '-')}"
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
-            integer and float(value) != int(value)) or not math.isfinite(float(value)):
-        raise RobustError(f"{name} ({flag}) must be {kind}; received {value!r}.")
-    if positive and value <= 0:
-        raise RobustError(f"{name} ({flag}) must be greater than 0; received {value!r}.")
-    return int(value) if integer else float(value)
+    """A training setting checked as every attack hyper-parameter is, named with its flag."""
+    from robust.attacks.base import check_number
+
+    return check_number(f"{name} (--adv-{name.replace('_', '-')})", value, integer=integer, positive=positive)
 
 
 # ------------------------------------------------------------ inside the step

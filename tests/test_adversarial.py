@@ -18,7 +18,7 @@ from robust.errors import RobustError
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "pgd", "eps": 0.0}, "greater than 0"),
     ({"method": "pgd", "eps": -0.1}, "greater than 0"),
-    ({"method": "pgd", "eps": float("nan")}, "must be a number"),
+    ({"method": "pgd", "eps": float("nan")}, "must be a finite number"),
     ({"method": "free", "eps": 0.3}, "Unknown adversarial training method 'free'"),
     ({"method": "pgd", "eps": 0.3, "steps": 0}, "at least 1"),
     ({"method": "pgd", "eps": 0.3, "steps": 2.5}, "must be an integer"),

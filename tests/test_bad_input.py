@@ -90,6 +90,42 @@ def model_with_card(**changes):
     return setup
 
 
+def keras_file(name: str, build):
+    """{tmp}/NAME: a .keras file of the model ``build()`` returns (after it runs, if it returns a callable)."""
+    def setup(tmp: Path, places: dict):
+        import keras
+
+        made = build(keras)
+        model, after = made if isinstance(made, tuple) else (made, None)
+        model.save(tmp / name)
+        if after is not None:
+            after()
+    return setup
+
+
+def _two_outputs(keras):
+    image = keras.Input((28, 28, 1))
+    flat = keras.layers.Flatten()(image)
+    return keras.Model(image, [keras.layers.Dense(10)(flat), keras.layers.Dense(1)(flat)])
+
+
+def _custom_layer(keras):
+    """A model with a registered custom layer, saved, then unregistered: as in a process that never imported it."""
+    @keras.saving.register_keras_serializable(package="acme_bad_input")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    image = keras.Input((28, 28, 1))
+    model = keras.Model(image, keras.layers.Dense(10)(keras.layers.Flatten()(Twice()(image))))
+    return model, lambda: keras.saving.get_custom_objects().pop("acme_bad_input>Twice")
+
+
+def _rescaled(keras):
+    image = keras.Input((28, 28, 1))
+    return keras.Model(image, keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(image))))
+
+
 def _set(results, path, value):
     target = results
     for key in path[:-1]:
@@ -188,6 +224,31 @@ ATTACK = [
     row("attack {model} --out {ro}/r.json", "is not writable", "Expected a folder you can write to"),
     row("attack {model} --out {tmp}", "Invalid value for '--out'", "is a directory"),
     row("attack {model} --out /dev/null", "--out /dev/null is not a regular file", "expected the name of a file"),
+    # issue 20: the third round
+    row("attack {model} --fail-under nan", "Invalid value for '--fail-under'", "expected a finite number",
+        id="attack-fail-under-nan"),
+    row("attack {model} --fail-under inf", "Invalid value for '--fail-under'", "inf is not in the range"),
+    row("attack {model} --step-size nan", "Invalid value for '--step-size'", "expected a finite number"),
+    row("attack {model} --steps 3000000000", "Invalid value for '--steps'", "3000000000"),
+    row("attack {model} --restarts 99999999999999999999", "Invalid value for '--restarts'", "99999999999999999999"),
+    row("attack {model} --limit 20 --out {tmp}/r.json", "--out", "r.json already exists", "Pass --force",
+        setup=write("r.json", "{}"), id="attack-out-exists"),
+    row("attack {model} --limit 20 --save-examples --out {tmp}/r.json", "r-eps0.1.png already exists",
+        "Pass --force", setup=write("r-eps0.1.png", "png"), id="attack-example-png-exists"),
+    row("attack {tmp}/m --limit 20", "does not match its card", "records params=5",
+        setup=model_with_card(params=5), id="attack-card-params-mismatch"),
+    row("attack {tmp}/m --limit 20", "is not the model its card", "SHA-256 000000000000",
+        setup=model_with_card(model_sha256="0" * 64), id="attack-card-hash-mismatch"),
+    row("attack {tmp}/m --limit 20", "names no dataset", "Pass --dataset",
+        setup=model_with_card(dataset=None), id="attack-card-without-dataset"),
+    row("attack {tmp}/two.keras --dataset mnist --limit 20", "has 2 outputs", "keras.Model(model.inputs",
+        setup=keras_file("two.keras", _two_outputs), id="attack-two-outputs"),
+    row("attack {tmp}/custom.keras --dataset mnist --limit 20", "custom Keras class 'Twice'",
+        "Could not locate class 'Twice'", setup=keras_file("custom.keras", _custom_layer), id="attack-custom-layer"),
+    row("attack {tmp}/r.keras --dataset mnist --value-range 0,1", "Rescaling layer",
+        "takes pixels in [0, 255], but --value-range gives [0, 1]", setup=keras_file("r.keras", _rescaled),
+        id="attack-value-range-contradicts-rescaling"),
+    row("attack {model} --eps 0.1 --attack pgd --steps -5", "steps must be at least 1", "-5"),
 ]
 
 FOOL = [
@@ -203,6 +264,24 @@ FOOL = [
     row("fool {model} --seed -1", "Invalid value for '--seed'", "-1"),
     row("fool {model} --dataset svhn", "Unknown dataset 'svhn'", "Known datasets"),
     row("fool {model} --out {ro}/f", "is not writable", "Expected a folder you can write to"),
+    row("fool {model} --max-steps 3000000000", "Invalid value for '--max-steps'", "3000000000"),
+    row("fool {model} --threshold nan", "Invalid value for '--threshold'", "expected a finite number"),
+    row("fool {model} --l2-decay inf", "Invalid value for '--l2-decay'", "received 'inf'"),
+]
+
+VISUALIZE = [
+    row("visualize {model} --steps 3000000000", "Invalid value for '--steps'", "3000000000"),
+    row("visualize {model} --steps 0", "Invalid value for '--steps'", "0 is not in the range"),
+    row("visualize {model} --units 0", "Invalid value for '--units'", "0 is not in the range"),
+    row("visualize {model} --blur-sigma nan", "Invalid value for '--blur-sigma'", "expected a finite number"),
+    row("visualize {model} --step-size inf", "Invalid value for '--step-size'", "received 'inf'"),
+    row("visualize {model} --layers nosuch --top 0", "nosuch"),
+    row("visualize {model} --out {ro}/v --top 0", "is not writable", "Expected a folder you can write to"),
+    row("visualize {tmp}/nope.keras", "No model at", "expected a .keras file"),
+]
+
+MODELS = [
+    row("models --trained {tmp}/none", "Invalid value for '--trained'", "does not exist"),
 ]
 
 SUMMARY = [
@@ -291,6 +370,29 @@ RUN = [
     row("run {spec} --resume --out {tmp}/never", "--resume continues an interrupted run", "does not exist",
         spec=OK_SPEC),
     row("run {spec} --out {ro}/out", "is not writable", "Expected a folder you can write to", spec=OK_SPEC),
+    # issue 20: checked before any training
+    row("run {spec}", "report.saliency must be an integer >= 1", "received 0",
+        spec=OK_SPEC + "[report]\nsaliency = 0\n"),
+    row("run {spec}", "report.example_eps must be a number in [0, 1]", "received 5.0",
+        spec=OK_SPEC + "[report]\nexample_eps = 5.0\n"),
+    row("run {spec}", "report.example_eps must be a number", "received nan",
+        spec=OK_SPEC + "[report]\nexample_eps = nan\n"),
+    row("run {spec}", "attacks[0]: steps must be a finite integer", "received inf",
+        spec=OK_SPEC + '[[attacks]]\nname = "pgd"\nsteps = inf\n'),
+    row("run {spec}", "attacks[0]: steps must be a finite integer", "received nan",
+        spec=OK_SPEC + '[[attacks]]\nname = "pgd"\nsteps = nan\n'),
+    row("run {spec}", "attacks[0]: steps must be at most 10,000,000", "received 3000000000",
+        spec=OK_SPEC + '[[attacks]]\nname = "pgd"\nsteps = 3000000000\n'),
+    row("run {spec}", "training.epochs must be an integer >= 1", "received inf",
+        spec=SPEC.replace("epochs = 1", "epochs = inf") + MLP),
+    row("run {spec}", "training.epochs must be an integer of at most 10,000,000", "received 99999999999",
+        spec=SPEC.replace("epochs = 1", "epochs = 99999999999") + MLP),
+    row("run {spec}", "fooling.max_steps must be an integer >= 1", "received nan",
+        spec=OK_SPEC + "[fooling]\nmax_steps = nan\n"),
+    row("run {spec}", "models[1].adversarial: steps must be a finite integer", "received inf",
+        spec=OK_SPEC + '[[models]]\nname = "mlp"\nadversarial = { method = "pgd", eps = 0.1, steps = inf }\n'),
+    row("run {spec}", "data.test_limit must be an integer >= 1", "received 0",
+        spec=OK_SPEC.replace("test_limit = 20", "test_limit = 0")),
 ]
 
 REPORT = [
@@ -339,9 +441,19 @@ EVAL = [
     row("eval {model} --out {ro}/out", "is not writable", "Expected a folder you can write to"),
     row("eval {model} --data {tmp}/none.npz", "no such file or folder", "none.npz"),
     row("eval {model} --steps 0", "Invalid value for '--steps'", "0 is not in the range"),
+    row("eval {model} --fail-under nan", "Invalid value for '--fail-under'", "expected a finite number"),
+    row("eval {model} --steps 3000000000", "Invalid value for '--steps'", "3000000000"),
+    row("eval {tmp}/m", "does not match its card", "records params=5", setup=model_with_card(params=5),
+        id="eval-card-params-mismatch"),
+    row("eval {tmp}/two.keras --dataset mnist", "has 2 outputs", setup=keras_file("two.keras", _two_outputs),
+        id="eval-two-outputs"),
+    row("eval {tmp}/custom.keras --dataset mnist", "custom Keras class 'Twice'",
+        setup=keras_file("custom.keras", _custom_layer), id="eval-custom-layer"),
+    row("eval {tmp}/r.keras --dataset mnist --value-range 0,1", "takes pixels in [0, 255]",
+        setup=keras_file("r.keras", _rescaled), id="eval-value-range-contradicts-rescaling"),
 ]
 
-MATRIX = TRAIN + ATTACK + FOOL + SUMMARY + RUN + REPORT + EVAL
+MATRIX = TRAIN + ATTACK + FOOL + VISUALIZE + MODELS + SUMMARY + RUN + REPORT + EVAL
 
 
 @pytest.fixture(scope="module")
@@ -426,8 +538,8 @@ def test_bad_input(cmd, expect, spec, setup, request, tmp_path, monkeypatch, rea
 
 def test_matrix_covers_every_command_and_the_issue():
     commands = {p.values[0].split(" ")[0] for p in MATRIX}
-    assert commands == {"train", "attack", "fool", "summary", "run", "report", "eval"}
-    assert len(MATRIX) >= 60
+    assert commands == {"train", "attack", "fool", "visualize", "models", "summary", "run", "report", "eval"}
+    assert len(MATRIX) >= 120
 
 
 # -- the mechanisms behind the matrix -----------------------------------------------------------------------
