@@ -68,6 +68,9 @@ def assert_matches_evaluate_attack(results: dict, model, x: np.ndarray, y: np.nd
             assert rec["model"] == key and rec["n"] == len(y) == exp["n"]
             for field in ("clean_accuracy", "adversarial_accuracy", "success_rate"):
                 assert rec[field] == pytest.approx(exp[field], abs=1e-9), (attack, rec["eps"], field)
+            if exp["mean_perturbation"] is None:  # nothing flipped (eps 0): no perturbation to measure
+                assert rec["mean_perturbation"] is None and rec["max_perturbation"] is None
+                continue
             assert rec["mean_perturbation"] == pytest.approx(exp["mean_perturbation"], rel=1e-5, abs=1e-6)
             assert rec["max_perturbation"] <= rec["eps"] * (1 + 1e-5) + 1e-6
 

@@ -225,3 +225,20 @@ def test_the_readme_lists_every_timing_field_a_resumed_run_may_change():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("ends with the same `results.json` as an uninterrupted run"):][:600]
     assert all(f"`{key}`" in section for key in WALL_CLOCK_KEYS), section
+
+
+def test_the_report_names_dead_units(trained_lenet, batch, tmp_path):
+    from robust.report.figures import learned_figures
+    from robust.visualize import report_arrays
+
+    x, _ = batch
+    image = keras.Input((28, 28, 1))
+    fc = keras.layers.Dense(4, activation="relu", name="fc")
+    model = keras.Model(image, keras.layers.Dense(10)(fc(keras.layers.Flatten()(image))))
+    kernel, bias = fc.get_weights()
+    kernel[:, 2], bias[2] = 0.0, -1.0
+    fc.set_weights([kernel, bias])
+    np.savez(tmp_path / "a.npz", example_x=x[:2], **report_arrays(model, x[:20], value_range=(0.0, 1.0)))
+    with np.load(tmp_path / "a.npz") as arrays:
+        [figure] = learned_figures(arrays, "m", tmp_path)
+    assert figure["layer"] == "fc" and figure["dead"] == [2]

@@ -83,7 +83,8 @@ def test_a_sweep_attacks_only_what_still_stands(trained_lenet, batch):
         alone = PGD(eps=e, steps=5, seed=2)(trained_lenet, x, y) if e > 0 else None
         if alone is not None:  # each eps keeps what smaller ones broke: never weaker than a lone run
             assert row["adversarial_accuracy"] <= alone.adversarial_accuracy + 1e-12
-        assert row["max_perturbation"] <= e + 1e-6
+        assert (row["max_perturbation"] is None) == (e == 0)  # eps 0 flips nothing
+        assert e == 0 or row["max_perturbation"] <= e + 1e-6
     # Given in any order, the rows come back in that order and are the same numbers.
     shuffled = evaluate_attack(trained_lenet, "pgd", x, y, [0.2, 0.0, 0.1, 0.05], steps=5, seed=2)
     assert [r["adversarial_accuracy"] for r in shuffled] == [accs[3], accs[0], accs[2], accs[1]]

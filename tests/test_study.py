@@ -90,7 +90,8 @@ def test_run_writes_results_figures_and_reports(run_dir):
         assert {"model", "attack", "attack_key", "eps", "n", "clean_accuracy", "adversarial_accuracy",
                 "success_rate", "mean_perturbation", "max_perturbation", "seconds", "params"} <= set(rec)
         assert rec["n"] == 100
-        assert rec["max_perturbation"] <= rec["eps"] + 1e-5
+        assert (rec["max_perturbation"] is None) == (rec["eps"] == 0)  # eps 0 flips nothing
+        assert rec["eps"] == 0 or rec["max_perturbation"] <= rec["eps"] + 1e-5
         if rec["eps"] == 0:
             assert rec["adversarial_accuracy"] == rec["clean_accuracy"]
     lenet = r["models"]["lenet5"]

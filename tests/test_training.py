@@ -51,6 +51,9 @@ def test_short_real_training_beats_chance(run, small_mnist):
 def test_model_card_contents(run, small_mnist):
     result, out, _ = run
     card = json.loads((out / "model" / "model.json").read_text())
+    from robust.artifacts import file_sha256
+
+    assert card.pop("model_sha256") == file_sha256(out / "model" / "model.keras")  # the card names its model file
     assert card == json.loads(json.dumps(result.card))
     assert REQUIRED_CARD_KEYS <= set(card)
     assert card["schema"] == "robust.model/1"

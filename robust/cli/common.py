@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -53,7 +54,10 @@ class RobustGroup(click.Group):
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug"))
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not debug:  # a warning is a message to the user: one line, not Python's file:line and source
+                    warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -67,6 +71,11 @@ class RobustGroup(click.Group):
             if isinstance(exc, OSError) and exc.filename:  # the file system refused: permissions, space, a lost path
                 raise UserError(_os_message(exc)) from None
             raise Crash(_crash_message(ctx, exc)) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip()
+    click.echo(text if text.lower().startswith("warning") else f"warning: {text}", err=True)
 
 
 def _show_traceback(debug: bool) -> None:

@@ -266,7 +266,8 @@ def rf_text(vector, image: tuple[int, int] | None = None) -> str:
 def learned_figures(arrays, key: str, fig_dir: Path) -> list[dict]:
     """The report's "What the network learned" figures of one model: one :func:`unit_grid` per layer.
 
-    Returns a list of ``{"png", "layer", "receptive_field"}``; empty when the arrays have none (older runs).
+    Returns a list of ``{"png", "layer", "receptive_field", "dead"}`` (``dead``: the units no input made fire,
+    whose grown images are noise); empty when the arrays have none (older runs).
     """
     if "learned_layers" not in arrays.files:
         return []
@@ -278,5 +279,8 @@ def learned_figures(arrays, key: str, fig_dir: Path) -> list[dict]:
         png = unit_grid(layer, arrays[f"learned{i}_units"], arrays[f"learned{i}_max"], arrays[f"learned{i}_top"],
                         arrays[f"learned{i}_top_value"], fig_dir / f"learned_{key}_{i}.png", activations=(start, value),
                         receptive_field=rf)
-        out.append({"png": png, "layer": layer, "receptive_field": rf})
+        from robust.visualize import unit_gains
+
+        dead = [int(u) for u, d in zip(arrays[f"learned{i}_units"], unit_gains(start, value)[1]) if d]
+        out.append({"png": png, "layer": layer, "receptive_field": rf, "dead": dead})
     return out
