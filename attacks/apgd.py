@@ -181,9 +181,6 @@ class APGD(Attack):
                               "does not aim at a given target (APGD-T, --attack apgd-t, aims DLR at likely classes).")
         self.loss = loss
 
-    def _config(self) -> tuple:
-        return (self.steps, self.restarts, self.loss)
-
     def check_model(self, image_shape, num_classes: int) -> None:
         check_classes(self.loss, num_classes)
 
@@ -316,7 +313,7 @@ class APGD(Attack):
 
     def _segment_kernel(self, model, logits: Logits, image_shape):
         """Compiled: ``count`` steps of run ``run`` from step ``first`` (a fresh start when it is 0)."""
-        key = ("apgd-segment", type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape))
+        key = ("apgd-segment", self.config(), tuple(image_shape))
         windows, extras = _windows(self.steps), self._extras
 
         def build(proxy):
@@ -393,9 +390,6 @@ class APGDT(APGD):
                  restarts: int = 1, seed: int = 0):
         super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="dlr", targeted=False, seed=seed)
         self.n_target_classes = check_number("n_target_classes", n_target_classes, integer=True, minimum=1)
-
-    def _config(self) -> tuple:
-        return (self.steps, self.restarts, self.n_target_classes)
 
     def check_model(self, image_shape, num_classes: int) -> None:
         check_classes("targeted dlr", num_classes)

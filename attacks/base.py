@@ -19,7 +19,7 @@ import inspect
 import math
 import time
 import weakref
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 from keras import ops
@@ -191,6 +191,26 @@ def _take(base: AttackResult, other: AttackResult, take: np.ndarray, number: int
                                source=np.where(take, number, base.source), seconds=base.seconds + other.seconds)
 
 
+def _freeze(value):
+    """A hashable, comparable form of a hyper-parameter value, for a kernel cache key."""
+    if isinstance(value, Norm):
+        return ("norm", value.name)
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        raise RobustError(f"An attack hyper-parameter of type {type(value).__name__} ({value!r}) cannot be part of a "
+                          "kernel's cache key; use numbers, strings, booleans, tuples, lists, dicts or arrays.") from None
+    return value
+
+
 def check_number(name: str, value, *, minimum: float | None = None, integer: bool = False,
                   allow_none: bool = False, positive: bool = False, maximum: float | None = None):
     if value is None and allow_none:
@@ -217,8 +237,9 @@ class Attack:
     """Base of the norm-bounded evasion attacks: ``Attack(**hyper_parameters)(model, x, y)``.
 
     Subclasses set :attr:`name`, call ``super().__init__`` with the shared
-    hyper-parameters and implement :meth:`_perturb` (and :meth:`_config`
-    for hyper-parameters that shape the compiled graph).
+    hyper-parameters, keep every constructor parameter under its own name
+    (``self.tries = tries``: :attr:`params` and the kernel cache key,
+    :meth:`config`, read them from there) and implement :meth:`_perturb`.
 
     Args:
         eps: radius of the norm ball, in the units of the value range.
@@ -250,9 +271,23 @@ class Attack:
 
     # ------------------------------------------------------------ subclass API
 
-    def _config(self) -> tuple:
-        """Hyper-parameters baked into the compiled graph (part of its cache key)."""
-        return ()
+    def config(self, runtime: Iterable[str] = ("eps", "seed")) -> tuple:
+        """The frozen hyper-parameter config this attack's compiled kernels are cached under.
+
+        It holds the attack's class (the class object: two classes of one name never share a
+        kernel) and the value of every constructor parameter (:attr:`params`) except ``runtime``,
+        the ones a kernel takes as arguments at call time. Nothing is opt-in: a hyper-parameter
+        the attack's code reads from ``self`` is in the key whether or not anyone remembered it,
+        so ``Attack(scale=0)`` after ``Attack(scale=1)`` on one model gets its own kernel.
+        Leaving a parameter out of ``runtime`` costs a compile at most; never a wrong kernel.
+
+        Args:
+            runtime: parameters the kernel receives as arguments (the base kernel: ``eps`` as a
+                tensor and ``seed`` through the per-image keys); a kernel that also takes, say,
+                the step count as an argument names it here to be shared across step counts.
+        """
+        runtime = set(runtime)
+        return (type(self), tuple((k, _freeze(v)) for k, v in sorted(self.params.items()) if k not in runtime))
 
     def _step_size(self) -> float:
         """Step size passed to :meth:`_perturb` at run time."""
@@ -350,7 +385,7 @@ class Attack:
 
     def _kernel(self, model, logits: Logits, image_shape: tuple[int, ...], labels_given: bool):
         """The compiled ``(state, x, y, target, keys, restart, eps, step_size, low, high) -> outputs``."""
-        key = (type(self).__name__, self.norm.name, self.targeted, self._config(), tuple(image_shape), labels_given)
+        key = ("attack", self.config(), tuple(image_shape), labels_given)
         norm, targeted = self.norm, self.targeted
         # Labels are needed before the attack runs. Given labels (or a target) let an attack that
         # starts at x return the clean logits from its first gradient pass: one forward pass fewer.

@@ -70,9 +70,6 @@ class PGD(Attack):
             raise RobustError(f"restarts={self.restarts} needs random_start=True: without a random start every "
                               "restart is the same run. Use restarts=1 or turn the random start on.")
 
-    def _config(self) -> tuple:
-        return (self.steps, self.random_start, self.loss, self._keep_every_iterate)
-
     def _restarts(self) -> int:
         return self.restarts
 
@@ -185,7 +182,7 @@ class PGD(Attack):
         """
         # The step count and step size are arguments, so PGD-20, PGD-40 and PGD-100 on one model (a
         # study's attack and its more-steps check) share one kernel: one trace, one XLA compile per bucket.
-        key = ("pgd-segment", type(self).__name__, self.norm.name, self.targeted, self.random_start, self.loss,
+        key = ("pgd-segment", self.config(runtime=("eps", "seed", "steps", "step_size", "restarts")),
                tuple(image_shape))
 
         def build(proxy):

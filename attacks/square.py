@@ -253,9 +253,6 @@ class Square(Attack):
             raise RobustError(f"Square has moves for the norms {known_names(_MOVES)}; received norm "
                               f"{self.norm.name!r}.")
 
-    def _config(self) -> tuple:
-        return (self.queries, self.p_init, self.restarts)
-
     def _starts_at_x(self) -> bool:
         return True  # the clean margin says which images are already broken
 

@@ -37,9 +37,6 @@ def _shrunk(fraction: float):
     from robust.attacks import PGD
 
     class ShrunkStartPGD(_whole_ball()):
-        def _config(self):
-            return super()._config() + (fraction,)
-
         def _start(self, x, eps, rng, low, high):
             return super()._start(x, eps * fraction, rng, low, high)
 

@@ -102,9 +102,6 @@ class RandomSearch(Attack):
         super().__init__(eps=eps, norm="inf", seed=seed)
         self.tries = tries
 
-    def _config(self):
-        return (self.tries,)
-
     def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
         from robust.gradients import margin
 
@@ -154,3 +151,49 @@ def test_run_cell_in_a_spawned_process_gives_the_same_rows(trained_lenet, tmp_pa
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in here]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in there]
     assert [r["eps"] for r in here] == [0.0, 0.1] and here[1]["adversarial_accuracy"] < here[0]["clean_accuracy"]
+
+
+class Scaled(Attack):
+    """A plugin attack that reads a hyper-parameter of its own inside the kernel, declared nowhere."""
+
+    name = "scaled"
+
+    def __init__(self, *, eps: float = 0.3, scale: float = 1.0, seed: int = 0):
+        super().__init__(eps=eps, seed=seed)
+        self.scale = scale
+
+    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+        step = self.scale * eps * ops.sign(rng.uniform(ops.shape(x), -1.0, 1.0))
+        return ops.clip(x + step, low, high), None, None
+
+
+def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
+    from robust.gradients import cache_size
+
+    x, y = batch
+    x, y = x[:40], y[:40]
+    full = Scaled(eps=0.2, scale=1.0)(trained_lenet, x, y)
+    none = Scaled(eps=0.2, scale=0.0)(trained_lenet, x, y)  # before issue 21 this ran scale=1.0's kernel
+    assert full.perturbation.max() == pytest.approx(0.2, abs=1e-6) and none.perturbation.max() == 0.0
+    # The same holds for built-ins, and for two classes of one name (a class made in a function).
+    before = cache_size(trained_lenet)
+    FGSM(eps=0.1, loss="ce")(trained_lenet, x, y)
+    FGSM(eps=0.1, loss="margin")(trained_lenet, x, y)
+    assert cache_size(trained_lenet) == before + 2
+
+    def shrunk(fraction):
+        class Shrunk(Scaled):
+            def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+                return super()._perturb(logits, x, goal, rng, eps * fraction, step_size, low, high)
+        return Shrunk
+
+    half, quarter = shrunk(0.5)(eps=0.2)(trained_lenet, x, y), shrunk(0.25)(eps=0.2)(trained_lenet, x, y)
+    assert half.perturbation.max() == pytest.approx(0.1, abs=1e-6)
+    assert quarter.perturbation.max() == pytest.approx(0.05, abs=1e-6)
+    # Settings a kernel takes as arguments share one: PGD-20 and PGD-40's segment kernel (the sweep's eps too).
+    from robust.gradients import _CACHE
+
+    before = set(_CACHE[trained_lenet])
+    for steps, eps in ((20, 0.1), (40, 0.1), (40, 0.2)):
+        PGD(eps=eps, steps=steps, seed=1)(trained_lenet, x, y)
+    assert len([k for k in set(_CACHE[trained_lenet]) - before if k[0] == "pgd-segment"]) <= 1

@@ -53,9 +53,6 @@ class RandomSignNoise(Attack):
             raise RobustError(f"tries must be a positive integer; received {tries!r}.")
         self.tries = tries
 
-    def _config(self) -> tuple:
-        return (self.tries,)
-
     def _starts_at_x(self) -> bool:
         return True  # the first logits computed are the clean ones, returned to the base
 
