@@ -281,26 +281,3 @@ class RobustValidation(keras.callbacks.Callback):
             warnings.warn(warning, stacklevel=2)
             self.log(f"WARNING: {warning}")
             self.model.stop_training = True
-
-
-def standard_epoch_seconds(model_name: str, dataset, options: dict, x, y, *, batch_size: int, lr: float,
-                           steps_per_epoch: int, timed_steps: int = 20) -> float:
-    """Seconds a standard (not adversarial) epoch of the same model takes, from ``timed_steps`` timed steps.
-
-    A fresh copy of the model is compiled as :func:`robust.training.train` compiles it, stepped
-    twice to trace, then timed; the time per step times the steps of an epoch is the estimate.
-    """
-    from robust.models import build_model
-    from robust.training import compile_for_training
-
-    copy = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
-    compile_for_training(copy, lr=lr, total_steps=steps_per_epoch)
-    batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x) - batch_size + 1, batch_size)]
-    batches = (batches or [(x, y)])[:timed_steps + 2]
-    for xb, yb in batches[:2]:
-        copy.train_on_batch(xb, yb)
-    started = time.perf_counter()
-    for xb, yb in batches[2:] or batches[:1]:
-        copy.train_on_batch(xb, yb)
-    per_step = (time.perf_counter() - started) / max(1, len(batches[2:] or batches[:1]))
-    return per_step * steps_per_epoch

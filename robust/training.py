@@ -279,7 +279,7 @@ def _robust_check(adversarial, model, dataset, split, seed, say):
 
 def _adversarial_card(adversarial, fitted, model_name, dataset, options, split, *, batch_size, lr) -> dict:
     """The card's ``adversarial`` entry: threat model, per-epoch validation accuracies and times, the guard."""
-    from robust.adversarial import VALIDATION_PGD_STEPS, standard_epoch_seconds
+    from robust.adversarial import VALIDATION_PGD_STEPS
 
     check, seconds = fitted["best"], list(fitted["timer"].seconds)
     fit_idx = split[0][:batch_size * 22]
@@ -511,3 +511,25 @@ class ScalarLogger(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
             writer.close()
+
+
+def standard_epoch_seconds(model_name: str, dataset, options: dict, x, y, *, batch_size: int, lr: float,
+                           steps_per_epoch: int, timed_steps: int = 20) -> float:
+    """Seconds a standard (not adversarial) epoch of the same model takes, from ``timed_steps`` timed steps.
+
+    A fresh copy of the model is compiled as :func:`train` compiles it, stepped
+    twice to trace, then timed; the time per step times the steps of an epoch is the estimate.
+    """
+    from robust.models import build_model
+
+    copy = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
+    compile_for_training(copy, lr=lr, total_steps=steps_per_epoch)
+    batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x) - batch_size + 1, batch_size)]
+    batches = (batches or [(x, y)])[:timed_steps + 2]
+    for xb, yb in batches[:2]:
+        copy.train_on_batch(xb, yb)
+    started = time.perf_counter()
+    for xb, yb in batches[2:] or batches[:1]:
+        copy.train_on_batch(xb, yb)
+    per_step = (time.perf_counter() - started) / max(1, len(batches[2:] or batches[:1]))
+    return per_step * steps_per_epoch
