@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import os
 import types
-from typing import Any
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -47,8 +47,36 @@ class DataRef:
     seed: int
 
 
+class StudyCell:
+    """What every cell of a study tells an engine, so that none has to guess a cell's kind.
+
+    An engine ships a cell's data and model files to wherever it runs (:mod:`robust.ray_engine`),
+    then computes it with a pure function (:func:`run_cell`, :func:`robust.training.train_cell`).
+    Every cell is a frozen dataclass deriving from this class.
+
+    Attributes:
+        needs_train_split: whether the cell reads the train split (training does; attacks read only
+            the test images).
+    """
+
+    needs_train_split: ClassVar[bool] = False
+
+    def data_ref(self) -> DataRef:
+        """The data the cell reads."""
+        return self.data  # type: ignore[attr-defined]  (every cell but TrainCell carries a DataRef)
+
+    def model_refs(self) -> tuple[ModelRef | None, ...]:
+        """The models the cell loads, in order (``None`` for a zoo name, which has no file)."""
+        return (self.model,)  # type: ignore[attr-defined]
+
+    def with_model_refs(self, refs: Sequence[ModelRef | None]):
+        """The same cell loading ``refs`` instead (an engine points them at local copies of the files)."""
+        [ref] = refs
+        return self if ref is None else dataclasses.replace(self, model=ref)
+
+
 @dataclasses.dataclass(frozen=True)
-class AttackCell:
+class AttackCell(StudyCell):
     """One model under one attack at every eps of an ascending tuple, on the test images ``indices``."""
 
     model_key: str
@@ -74,7 +102,7 @@ class AttackCell:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExtrasCell:
+class ExtrasCell(StudyCell):
     """One model's gradient-masking measurements and the example, saliency, filter and fooling arrays."""
 
     model_key: str
@@ -93,7 +121,7 @@ class ExtrasCell:
 
 
 @dataclasses.dataclass(frozen=True)
-class TransferCell:
+class TransferCell(StudyCell):
     """Adversarial examples made on ``source`` by a white-box attack at ``eps``, evaluated on every model.
 
     The diagonal of the study's transfer matrix is the source's own white-box accuracy on the same
@@ -109,6 +137,13 @@ class TransferCell:
     eps: float
     indices: tuple[int, ...]
     seed: int
+
+    def model_refs(self) -> tuple[ModelRef | None, ...]:
+        return tuple(model for _, model in self.models)
+
+    def with_model_refs(self, refs: Sequence[ModelRef | None]) -> "TransferCell":
+        return dataclasses.replace(self, models=tuple((key, model if ref is None else ref)
+                                                      for (key, model), ref in zip(self.models, refs)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,8 +197,8 @@ class RayMapper:
 
         ray = _import_ray()
         shared = Path(self.shared) / SHARED_FOLDER if self.shared else None
-        ref = _data_ref(cell)
-        training = not hasattr(cell, "data")  # a TrainCell needs the train split; attack cells only the test split
+        ref = cell.data_ref()
+        training = cell.needs_train_split  # attack cells need only the test split
         key = ("data", ref, training)
         if key not in self._shipped:
             ds = study_data(ref.dataset, ref.data_path, train_limit=ref.train_limit, seed=ref.seed)
@@ -206,7 +206,7 @@ class RayMapper:
                 ds = dataclasses.replace(ds, x_train=ds.x_train[:0], y_train=ds.y_train[:0])
             self._shipped[key] = _share_data(shared, ds) if shared else ray.put(ds)
         files = []
-        for model in _models_of(cell):  # a TrainCell's model is a zoo name: nothing to ship
+        for model in cell.model_refs():  # a TrainCell's model is a zoo name: nothing to ship
             if not (isinstance(model, ModelRef) and os.path.exists(model.ref)):
                 files.append(None)
                 continue
@@ -358,42 +358,22 @@ def _read_shared_data(path: str):
                    value_range=tuple(meta["value_range"]))
 
 
-def _data_ref(cell):
-    """The data a cell names (a TrainCell names it field by field)."""
-    from robust.cells import DataRef
-
-    if hasattr(cell, "data"):
-        return cell.data
-    return DataRef(cell.dataset, cell.data_path, cell.train_limit, cell.seed)
-
-
-def _models_of(cell) -> list:
-    """The models a cell loads, in order: its ``model``, or every model of a transfer cell's ``models``."""
-    if hasattr(cell, "models"):
-        return [model for _, model in cell.models]
-    return [getattr(cell, "model", None)]
-
-
 def _run_task(fn: Callable, cell, dataset, *model_files: tuple | None):
     """What a Ray task runs: take the shipped data and model files, then compute the pure cell function.
 
-    ``dataset`` and ``model_files`` (one per model of :func:`_models_of`, None for a zoo name) arrive
+    ``dataset`` and ``model_files`` (one per model of ``cell.model_refs()``, None for a zoo name) arrive
     as top-level arguments, so Ray hands over the values behind the driver's object references
     (numpy arrays without a copy on the worker's machine). With shared storage they are paths:
     the data's folder and each model's file or folder there.
     """
     from robust.cells import provide_data
 
-    provide_data(_data_ref(cell), _read_shared_data(dataset) if isinstance(dataset, str) else dataset)
+    provide_data(cell.data_ref(), _read_shared_data(dataset) if isinstance(dataset, str) else dataset)
     local = [files if files is None or isinstance(files, str) else str(_materialize(*files))
              for files in model_files]
-    if hasattr(cell, "models"):
-        models = tuple((key, model if path is None else dataclasses.replace(model, ref=path))
-                       for (key, model), path in zip(cell.models, local))
-        return fn(dataclasses.replace(cell, models=models))
-    if local and local[0] is not None:
-        cell = dataclasses.replace(cell, model=dataclasses.replace(cell.model, ref=local[0]))
-    return fn(cell)
+    refs = [None if path is None else dataclasses.replace(model, ref=path)
+            for model, path in zip(cell.model_refs(), local)]
+    return fn(cell.with_model_refs(refs))
 
 
 def _materialize(kind: str, files: dict[str, bytes], root: Path | None = None) -> Path:

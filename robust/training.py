@@ -30,12 +30,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import keras
 import numpy as np
 
 from robust import backend
+from robust.cells import DataRef, StudyCell
 from robust.data import Dataset, balanced_indices
 from robust.errors import RobustError
 
@@ -340,7 +341,7 @@ def _card(model_name, model, options, dataset, split, *, params, test_acc, best,
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainCell:
+class TrainCell(StudyCell):
     """One model to train, as a picklable value: what :func:`train_cell` needs and nothing live.
 
     The data is named, not carried: ``dataset`` and ``data_path`` are read
@@ -358,6 +359,14 @@ class TrainCell:
     lr: float
     seed: int
     adversarial: AdversarialConfig | None = None  # a frozen dataclass: picklable like the rest
+
+    needs_train_split: ClassVar[bool] = True
+
+    def data_ref(self) -> DataRef:
+        return DataRef(self.dataset, self.data_path, self.train_limit, self.seed)
+
+    def model_refs(self) -> tuple[None, ...]:
+        return (None,)  # a zoo name: no file to ship
 
 
 @dataclasses.dataclass(frozen=True)

@@ -168,18 +168,19 @@ class Scaled(Attack):
 
 
 def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
-    from robust.gradients import cache_size
-
     x, y = batch
     x, y = x[:40], y[:40]
     full = Scaled(eps=0.2, scale=1.0)(trained_lenet, x, y)
     none = Scaled(eps=0.2, scale=0.0)(trained_lenet, x, y)  # before issue 21 this ran scale=1.0's kernel
     assert full.perturbation.max() == pytest.approx(0.2, abs=1e-6) and none.perturbation.max() == 0.0
     # The same holds for built-ins, and for two classes of one name (a class made in a function).
-    before = cache_size(trained_lenet)
-    FGSM(eps=0.1, loss="ce")(trained_lenet, x, y)
-    FGSM(eps=0.1, loss="margin")(trained_lenet, x, y)
-    assert cache_size(trained_lenet) == before + 2
+    from robust.gradients import _CACHE
+
+    ce, margin = FGSM(eps=0.1, loss="ce"), FGSM(eps=0.2, loss="margin")
+    ce(trained_lenet, x, y), margin(trained_lenet, x, y)
+    keys = {k[1] for k in _CACHE[trained_lenet] if k[0] == "attack"}
+    assert ce.config() != margin.config() and {ce.config(), margin.config()} <= keys
+    assert FGSM(eps=0.3, loss="ce").config() == ce.config()  # eps is the kernel's argument: one kernel per loss
 
     def shrunk(fraction):
         class Shrunk(Scaled):
@@ -191,8 +192,6 @@ def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
     assert half.perturbation.max() == pytest.approx(0.1, abs=1e-6)
     assert quarter.perturbation.max() == pytest.approx(0.05, abs=1e-6)
     # Settings a kernel takes as arguments share one: PGD-20 and PGD-40's segment kernel (the sweep's eps too).
-    from robust.gradients import _CACHE
-
     before = set(_CACHE[trained_lenet])
     for steps, eps in ((20, 0.1), (40, 0.1), (40, 0.2)):
         PGD(eps=eps, steps=steps, seed=1)(trained_lenet, x, y)
