@@ -26,7 +26,7 @@ from keras import ops
 
 from robust import backend
 from robust.attacks.compaction import clean_logits, read_logits
-from robust.attacks.driver import run_batches
+from robust.attacks.driver import Outcome, run_batches
 from robust.attacks.norms import Norm, get_norm
 from robust.errors import MAX_COUNT, RobustError
 from robust.gradients import (
@@ -473,8 +473,8 @@ class Attack:
             result = found if result is None else result.worst_of(found)
             standing &= ~result.success
         if result is None:  # nothing to attack
-            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64), [],
-                                           None)
+            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64),
+                                           None, None)
         result.seconds = time.perf_counter() - started
         result.source = np.zeros(n, np.int64)
         return result
@@ -488,8 +488,8 @@ class Attack:
                      ((no_labels if target is None else target)[todo], "int32")]
         constants = [backend.tensor(restart, "int32")] + [backend.tensor(v) for v in
                                                           (self.eps, self._step_size(), low, high)]
-        return run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
-                           batch_size=batch_size, progress=progress, desc=type(self).__name__)
+        return Outcome(*run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
+                                    batch_size=batch_size, progress=progress, desc=type(self).__name__))
 
     def _assemble_result(self, model, logits, x, y, target, indices, batch_size, todo, out, previous):
         """A result over all images: the kernel's outputs on ``todo``, every other image unchanged.
@@ -516,8 +516,7 @@ class Attack:
                 fields["clean_pred"][rest] = fields["adv_pred"][rest] = pred
                 fields["clean_confidence"][rest] = fields["adv_confidence"][rest] = conf
                 fields["score"][rest] = score
-        for name, values in zip(("x_adv", "labels", "clean_pred", "clean_confidence", "adv_pred",
-                                 "adv_confidence", "perturbation", "score"), out):
+        for name, values in (out._asdict().items() if out is not None else ()):
             fields[name][todo] = values
         attacked = np.zeros(n, bool)
         attacked[todo] = True

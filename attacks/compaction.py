@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from robust import backend
-from robust.attacks.driver import run_batches
+from robust.attacks.driver import Outcome, run_batches
 from robust.attacks.norms import Norm
 from robust.gradients import Logits, batches, cached
 
@@ -93,12 +93,14 @@ def standing_points(model, logits: Logits, x, y, target, todo: np.ndarray, batch
     return Points(xs, labels, ts, goal, z, pred, conf)
 
 
-def driver_outputs(model, logits: Logits, norm: Norm, points: Points, x_adv: np.ndarray, batch_size: int) -> list:
+def driver_outputs(model, logits: Logits, norm: Norm, points: Points, x_adv: np.ndarray, batch_size: int) -> Outcome:
     """What :meth:`Attack._drive` returns: images, labels, clean and adversarial predictions, sizes, scores."""
     z = clean_logits(model, logits, x_adv, batch_size)
     adv_pred, adv_conf, score = read_logits(z, points.labels, points.target)
     size = backend.to_numpy(norm.distance(backend.tensor(x_adv - points.x)))
-    return [x_adv, points.labels, points.clean_pred, points.clean_confidence, adv_pred, adv_conf, size, score]
+    return Outcome(x_adv=x_adv, labels=points.labels, clean_pred=points.clean_pred,
+                   clean_confidence=points.clean_confidence, adv_pred=adv_pred, adv_confidence=adv_conf,
+                   perturbation=size, score=score)
 
 
 def run_segments(kernel: Callable, state: list, fixed: Sequence[tuple[np.ndarray, str]],

@@ -10,12 +10,25 @@ and collects the outputs as numpy arrays. Norm-bounded attacks
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from robust import backend
 from robust.gradients import batches
+
+
+class Outcome(NamedTuple):
+    """What an attack's driver returns for the images it attacked, one entry per image (see ``AttackResult``)."""
+
+    x_adv: np.ndarray
+    labels: np.ndarray
+    clean_pred: np.ndarray
+    clean_confidence: np.ndarray
+    adv_pred: np.ndarray
+    adv_confidence: np.ndarray
+    perturbation: np.ndarray
+    score: np.ndarray
 
 
 def progress_bar(items: Sequence, enabled: bool, desc: str):

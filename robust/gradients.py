@@ -243,7 +243,7 @@ def model_logits(model, sample: np.ndarray) -> Logits:
                 "use their logarithm. Prefer a model that outputs logits: a saturated softmax has no gradient.",
                 stacklevel=4,
             )
-        elif found is None and np.all((out >= 0) & (out <= 1)):
+        elif found is None and looks_like_sigmoid(out):
             fn = _log_odds(fn)
             kind = "log-odds (the model outputs independent sigmoid probabilities)"
             warnings.warn(
@@ -278,6 +278,17 @@ def cache_size(model) -> int:
 
 def _log_probabilities(fn):
     return lambda x: ops.log(ops.maximum(fn(x), 1e-30))
+
+
+def looks_like_sigmoid(scores: np.ndarray) -> bool:
+    """Whether a model's scores on a few images look like independent sigmoid probabilities.
+
+    Every score strictly inside (0, 1), rows not summing to 1 (a softmax), and not all equal: logits
+    of a model with no signal (zero weights, an all-zero input) are all 0 and are not probabilities.
+    """
+    scores = np.asarray(scores, np.float64)
+    return bool(scores.size and np.all((scores > 0) & (scores < 1)) and np.ptp(scores) > 0
+                and not np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def _log_odds(fn):

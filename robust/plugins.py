@@ -486,8 +486,11 @@ def _probe(model, input_shape, value_range, declared: str | None, what: str) -> 
     if declared == "logits" and probabilities:
         raise RobustError(f"{what} declares outputs='logits' but its scores on random images are probabilities "
                           "(non-negative, each row summing to 1). Declare outputs='probabilities'.")
-    if not probabilities and np.all((out >= 0) & (out <= 1)) and declared != "logits":
-        return int(out.shape[1]), "sigmoid probabilities"  # one independent probability per class, not logits
+    if not probabilities and declared != "logits":
+        from robust.gradients import looks_like_sigmoid
+
+        if looks_like_sigmoid(out):
+            return int(out.shape[1]), "sigmoid probabilities"  # one independent probability per class, not logits
     return int(out.shape[1]), "probabilities" if probabilities else "logits"
 
 

@@ -242,3 +242,12 @@ def test_the_report_names_dead_units(trained_lenet, batch, tmp_path):
     with np.load(tmp_path / "a.npz") as arrays:
         [figure] = learned_figures(arrays, "m", tmp_path)
     assert figure["layer"] == "fc" and figure["dead"] == [2]
+
+
+def test_logits_that_happen_to_lie_in_0_1_are_not_called_sigmoid():
+    from robust.gradients import looks_like_sigmoid
+
+    assert not looks_like_sigmoid(np.zeros((4, 10)))                       # no signal: all logits 0
+    assert not looks_like_sigmoid(np.full((4, 10), 0.1))                   # a softmax of equal scores
+    assert not looks_like_sigmoid(np.array([[0.0, 0.5], [0.2, 0.9]]))      # a logit at exactly 0
+    assert looks_like_sigmoid(np.array([[0.01, 0.9, 0.3], [0.2, 0.1, 0.97]]))
