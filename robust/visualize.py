@@ -698,9 +698,10 @@ def locality(model, x: np.ndarray, *, layer: str | None = None, window: int = 5,
 
 def window_fraction(mass: np.ndarray, window: int) -> np.ndarray:
     """(U,) the largest sum of ``mass`` (U, H, W) in a window x window square, over its total (0 if no mass)."""
+    mass = np.asarray(mass, np.float64)  # float32 would round the guard below to 0 and divide 0 by 0
     u, h, w = mass.shape
     kh, kw = min(window, h), min(window, w)
-    c = np.pad(mass.astype(np.float64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    c = np.pad(mass.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
     sums = c[:, kh:, kw:] - c[:, :-kh, kw:] - c[:, kh:, :-kw] + c[:, :-kh, :-kw]
     total = mass.reshape(u, -1).sum(1)
     return np.where(total > 0, sums.reshape(u, -1).max(1) / np.maximum(total, 1e-300), 0.0)
