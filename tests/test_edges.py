@@ -256,3 +256,25 @@ def test_logits_that_happen_to_lie_in_0_1_are_not_called_sigmoid():
     assert not looks_like_sigmoid(np.full((4, 10), 0.1))                   # a softmax of equal scores
     assert not looks_like_sigmoid(np.array([[0.0, 0.5], [0.2, 0.9]]))      # a logit at exactly 0
     assert looks_like_sigmoid(np.array([[0.01, 0.9, 0.3], [0.2, 0.1, 0.97]]))
+
+
+def test_no_native_start_up_lines_on_the_console(tmp_path):
+    """TensorFlow's C++ start-up lines (absl, oneDNN, cudart, cuInit) bypass TF_CPP_MIN_LOG_LEVEL; the CLI
+    holds them back while the backend starts, and lets any other line through (issue 22's first item)."""
+    import os
+    import subprocess
+
+    from robust.cli.common import _NATIVE_NOISE
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "robust", "models"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not [line for line in done.stderr.splitlines() if _NATIVE_NOISE.search(line)], done.stderr
+    assert "cnn_wong" in done.stdout
+    # A line that is not start-up noise still reaches the console.
+    script = ("import os, sys\nfrom robust.cli.common import native_startup_quiet\nwith native_startup_quiet():\n"
+              "    os.write(2, b'I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\\n')\n"
+              "    os.write(2, b'E0000 something real went wrong\\n')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip() == "E0000 something real went wrong"

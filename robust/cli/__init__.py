@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import click  # noqa: E402
 
 from robust import __version__, check_keras_backend  # noqa: E402
-from robust.cli.common import RobustGroup  # noqa: E402
+from robust.cli.common import RobustGroup, native_startup_quiet  # noqa: E402
 
 
 @click.group(cls=RobustGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,6 +32,12 @@ def main(debug: bool) -> None:
     """
     # Here, inside the group's error handling, an unknown KERAS_BACKEND is exit code 2 with the list.
     check_keras_backend()
+    # Start the backend (and probe its devices) now, with its native start-up lines held back: on a
+    # machine without a GPU, TensorFlow's would print on every command (and an "E0000 ... cuInit" error).
+    with native_startup_quiet():
+        from robust import backend
+
+        backend.device()
 
 
 # Command modules register themselves on `main` when imported.

@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
 import sys
+import tempfile
 import traceback
 import warnings
 
 import click
 
 from robust.errors import MAX_COUNT, RobustError
+
+
+#: What TensorFlow's C++ runtime writes straight to the process's stderr (below Python, past
+#: TF_CPP_MIN_LOG_LEVEL) while it starts on a machine without a GPU: facts about the build, not messages.
+_NATIVE_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|Could not find cuda drivers|"
+    r"failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning|computation placer "
+    r"already registered|This TensorFlow binary is optimized|cpu_feature_guard|Attempting to register factory")
+
+
+@contextlib.contextmanager
+def native_startup_quiet():
+    """Hold back the start-up lines native libraries write to file descriptor 2 inside the block.
+
+    TensorFlow logs through absl before absl is initialised, so neither Python's logging nor
+    ``TF_CPP_MIN_LOG_LEVEL`` reaches those lines. Inside the block, descriptor 2 goes to a temporary
+    file; afterwards every line that is not known start-up noise is written to stderr, so a real
+    error still shows.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to redirect (an embedded interpreter): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _NATIVE_NOISE.search(line)]
+            if kept:
+                click.echo("\n".join(kept), err=True)
 
 
 class UserError(click.ClickException):
