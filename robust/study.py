@@ -150,6 +150,10 @@ class Study:
 
         for line in headline_lines(results):  # the headline number, in the terminal too
             self.echo(line)
+        folders = sorted({str((self.out / m["folder"]).parent) for m in results["models"].values() if m["folder"]})
+        if folders:
+            self.echo(f"Models: {', '.join(folders)}")
+        self.echo(f"Results: {self.out / 'results.json'}")
         if render:
             from robust.report import render_report
 

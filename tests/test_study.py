@@ -73,6 +73,9 @@ def run_dir(spec_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     result = CliRunner().invoke(main, ["run", str(spec_file), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    # The console says where everything went (issue 22).
+    assert f"Models: {out / 'models'}" in result.output and f"Results: {out / 'results.json'}" in result.output
+    assert f"Report: {out / 'report.html'}" in result.output
     return out
 
 

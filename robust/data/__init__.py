@@ -156,8 +156,8 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, *, limit: int
 
     if name == "mnist":
         shipped = _shipped_mnist()
-        print(f"robust: could not load or download {name} with keras.datasets ({failure}); "
-              f"using {shipped.source} instead.", file=sys.stderr, flush=True)
+        print(f"robust: MNIST is not in the Keras cache and could not be downloaded ({_reason(failure)}); "
+              f"using {shipped.source} instead, the same images.", file=sys.stderr, flush=True)
         return shipped.limited(limit, seed)
 
     raise RobustError(
@@ -177,6 +177,16 @@ def _shipped_mnist() -> Dataset:
     (x_train, _), (x_test, _) = arrays
     return _finish(DATASETS["mnist"], arrays,
                    f"the MNIST images shipped with robust ({len(x_train)} train / {len(x_test)} test)")
+
+
+def _reason(failure: str) -> str:
+    """The cause of a failed download in a few words: the OS's ``[Errno ...]`` text, without URLs."""
+    import re
+
+    errno = re.search(r"\[Errno [^\]]+\][^;)]*", failure)
+    if errno:
+        return errno.group(0).strip()
+    return re.sub(r"https?://\S+", "(URL)", failure)[:160]
 
 
 def _first_line(exc: BaseException) -> str:
