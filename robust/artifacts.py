@@ -88,12 +88,13 @@ def claim(paths, *, force: bool = False, what: str = "output", command: str = "r
     Before any work starts: every path must be writable (:func:`check_writable`),
     and one that already exists is refused unless ``force`` (so a finished result is
     never replaced by accident). For the whole block, each path holds an exclusive
-    lock (a hidden ``.NAME.lock`` beside it, removed at the end; the OS drops the lock
-    if the process dies), so two commands writing the same file at once are refused
-    instead of one silently losing its result.
+    lock (a hidden ``.NAME.lock`` in the nearest existing folder, so claiming creates no
+    folder; removed at the end, and the OS drops the lock if the process dies), so two
+    commands writing the same file at once are refused instead of one silently losing
+    its result.
 
     Args:
-        paths: one path or several; a folder's name ends in ``/`` in messages only.
+        paths: one path or several (files, or folders a command fills).
         force: allow replacing what exists.
         what: names the output in messages (``"--out"``).
         command: names the command in the message to a second run (``"robust attack"``).
@@ -288,10 +289,10 @@ def check_card_matches(card: dict, model, model_path: Path) -> None:
     fix = (f"Re-train into a new folder, copy the two files together, or remove {card_path} and pass --dataset "
            "to use the .keras file alone.")
     recorded = card.get("model_sha256")
-    if isinstance(recorded, str) and recorded != file_sha256(model_path):
+    actual = file_sha256(model_path) if isinstance(recorded, str) else None
+    if actual is not None and recorded != actual:
         raise RobustError(f"{model_path} is not the model its card {card_path} was written for: the card records "
-                          f"a model file with SHA-256 {recorded[:12]}..., and this file has "
-                          f"{file_sha256(model_path)[:12]}.... {fix}")
+                          f"a model file with SHA-256 {recorded[:12]}..., and this file has {actual[:12]}.... {fix}")
     inputs = getattr(model, "inputs", None)
     checks = [("params", card.get("params"), count_params(model)),
               ("input_shape", card.get("input_shape"),
@@ -375,8 +376,8 @@ def _listing(folder: Path, most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _missing_class(exc: BaseException) -> str | None:
-    """Keras's own cause when a .keras file names a custom class no imported module registered, as a message."""
+def _missing_class(exc: BaseException, path: Path) -> str | None:
+    """Keras's own cause when the .keras file ``path`` names a custom class no imported module registered."""
     import re
 
     text, seen = "", set()
@@ -394,11 +395,11 @@ def _missing_class(exc: BaseException) -> str | None:
         [f"defined in module {module.group(1)!r}"] if module else [])
     where = f" ({', '.join(facts)})" if facts else ""
     importer = module.group(1) if module else "your_layers"
-    return (f"{{path}} uses the custom Keras class {name!r}{where}, which no imported module has registered, so "
+    return (f"{path} uses the custom Keras class {name!r}{where}, which no imported module has registered, so "
             f"Keras cannot rebuild the model (Keras: Could not locate class {name!r}). Expected every custom layer "
             "to be registered before loading: load the file through a factory that imports the module first, e.g. "
             f"a file loader.py with `import keras, {importer}` and `def load(): return "
-            "keras.saving.load_model('{path}')`, then pass loader:load as the model.")
+            f"keras.saving.load_model('{path}')`, then pass loader:load as the model.")
 
 
 def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
@@ -442,9 +443,9 @@ def load_model(ref: str | os.PathLike, *, unsafe: bool = False):
             ) from None
         raise RobustError(f"{path} could not be loaded as a Keras model: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
-        missing = _missing_class(exc)
+        missing = _missing_class(exc, path)
         if missing:
-            raise RobustError(missing.format(path=path)) from None
+            raise RobustError(missing) from None
         raise RobustError(f"{path} could not be loaded as a Keras model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}). Is it a complete .keras file?") from None
     if not isinstance(model, keras.Model):
