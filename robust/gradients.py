@@ -247,7 +247,7 @@ def model_logits(model, sample: np.ndarray) -> Logits:
             fn = _log_odds(fn)
             kind = "log-odds (the model outputs independent sigmoid probabilities)"
             warnings.warn(
-                f"Model {model.name!r} appears to output one sigmoid probability per class (each in [0, 1], rows "
+                f"Model {model.name!r} appears to output one sigmoid probability per class (each in (0, 1), rows "
                 "not summing to 1); attacks use their log-odds, which rank the classes the same way. Prefer a "
                 "model that outputs logits: a saturated sigmoid has no gradient.",
                 stacklevel=4,
