@@ -194,7 +194,7 @@ class Study:
         from robust.cells import ModelRef
         from robust.training import train_cell
 
-        plans, todo = {}, []
+        plans, todo, starting = {}, [], {}
         for entry in self.spec.models:
             if entry.ref:
                 plans[entry.key] = {"entry": entry, "folder": None,
@@ -210,11 +210,17 @@ class Study:
                           f"{card['test_accuracy']:.4f}")
                 continue
             threat = f", adversarially ({threat_tag(entry.adversarial)})" if entry.adversarial else ""
-            self._say(f"Model {entry.label}: training {entry.name} for {entry.epochs} epochs{threat}")
+            starting[id(cell)] = (entry.label, f"training {entry.name} for {entry.epochs} epochs{threat}")
             todo.append((entry.key, cell, settings))
         self._grow_bar(len(todo))
+        # In this process, a line when each model starts and after each epoch; another engine trains
+        # elsewhere, where no callback reaches this console, so its models are announced up front.
+        live = self.mapper is in_process
+        for _, cell, _ in ([] if live else todo):
+            self._say("Model {}: {}".format(*starting[id(cell)]))
         # The study's bar counts models as cells; Keras's epoch bars would break its line.
-        for i, trained in self.mapper(partial(train_cell, progress=False), [cell for _, cell, _ in todo]):
+        train = partial(train_cell, progress=False, on_epoch=self._epoch_line(starting) if live else None)
+        for i, trained in self.mapper(train, [cell for _, cell, _ in todo]):
             key, _, settings = todo[i]
             _save_trained(plans[key]["folder"], trained, settings)
             self._say(f"Model {plans[key]['entry'].label}: test accuracy {trained.card['test_accuracy']:.4f} "
@@ -223,6 +229,17 @@ class Study:
         for key, plan in plans.items():
             plan.update(self._describe(plan, data))
         return plans
+
+    def _epoch_line(self, starting: dict):
+        """``on_epoch`` for :func:`robust.training.train_cell`: one line as a model starts and after each epoch."""
+        def line(cell, epoch, epochs, logs):
+            label, what = starting[id(cell)]
+            if epoch == 0:
+                self._say(f"Model {label}: {what}")
+            else:
+                self._say(f"Model {label}: epoch {epoch}/{epochs}, validation accuracy {logs['val_accuracy']:.4f} "
+                          f"({logs['seconds']:.0f} s)")
+        return line
 
     def _describe(self, plan, data) -> dict:
         """A model's card, kind and architecture summary (a ready model's card is measured here)."""

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -158,7 +159,8 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
           lr: float | None = None, seed: int = 0, model_options: dict | None = None,
           tensorboard: str | os.PathLike | None = None, mixed_precision: bool = False, progress: bool = True,
           data_path: str | os.PathLike | None = None, limit: int | None = None, validation_fraction: float = 0.1,
-          log: Callable[[str], None] | None = None, adversarial: AdversarialConfig | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, adversarial: AdversarialConfig | None = None,
+          on_epoch: Callable[[int, int, dict], None] | None = None) -> TrainResult:
     """Train zoo model ``model_name`` on ``dataset``; nothing is written (see :func:`robust.artifacts.save_trained`).
 
     Args:
@@ -181,6 +183,8 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         log: called with one line of text for each step worth reporting (device, result ...).
         adversarial: train against this threat model (:mod:`robust.adversarial`): every batch is
             attacked inside the train step, and the epoch with the best PGD validation accuracy is kept.
+        on_epoch: called as ``on_epoch(epoch, epochs, logs)`` after each epoch (1-based; ``logs`` holds
+            ``val_accuracy`` and the epoch's ``seconds``), for progress lines without a bar.
 
     Returns:
         A :class:`TrainResult`.
@@ -216,7 +220,8 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         + (f"; adversarial training {adversarial.describe()}" if adversarial else ""))
 
     fitted = _fit(model, dataset, split, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  tensorboard=tensorboard, robust_check=_robust_check(adversarial, inner, dataset, split, seed, say))
+                  tensorboard=tensorboard, robust_check=_robust_check(adversarial, inner, dataset, split, seed, say),
+                  on_epoch=on_epoch)
     final = _float32_copy(model_name, dataset, options, inner) if use_mixed else inner
     test_acc = accuracy(final, dataset.x_test, dataset.y_test, batch_size=max(batch_size, 256))
     best = fitted["best"]
@@ -300,7 +305,8 @@ def _adversarial_card(adversarial, fitted, model_name, dataset, options, split, 
             "stopped": check.stopped}
 
 
-def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboard, robust_check=None) -> dict:
+def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboard, robust_check=None,
+         on_epoch=None) -> dict:
     """``model.fit`` with the callbacks that keep the best epoch, time epochs, show progress and log."""
     fit_idx, val_idx = split
     train_ds = make_pipeline(dataset.x_train[fit_idx], dataset.y_train[fit_idx], batch_size, shuffle_seed=seed)
@@ -311,6 +317,8 @@ def _fit(model, dataset, split, *, epochs, batch_size, seed, progress, tensorboa
         callbacks.append(ProgressBar(epochs, math.ceil(len(fit_idx) / batch_size)))
     if tensorboard is not None:
         callbacks.append(ScalarLogger(tensorboard))
+    if on_epoch is not None:
+        callbacks.append(EpochReport(on_epoch, epochs, timer))
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, shuffle=False, verbose=0,
                         callbacks=callbacks)
@@ -377,16 +385,24 @@ class TrainedModel:
     card: dict
 
 
-def train_cell(cell: TrainCell, *, progress: bool = False) -> TrainedModel:
-    """Train the cell's model; a pure function of the cell (the caller writes the files)."""
+def train_cell(cell: TrainCell, *, progress: bool = False,
+               on_epoch: Callable[[TrainCell, int, int, dict], None] | None = None) -> TrainedModel:
+    """Train the cell's model; a pure function of the cell (the caller writes the files).
+
+    ``on_epoch(cell, epoch, epochs, logs)`` is called when training starts (epoch 0) and after each
+    epoch, in the process that trains (an in-process study prints a line per epoch with it).
+    """
     import tempfile
 
     from robust.cells import study_data
 
     dataset = study_data(cell.dataset, cell.data_path, train_limit=cell.train_limit, seed=cell.seed)
+    if on_epoch is not None:
+        on_epoch(cell, 0, cell.epochs, {})
     result = train(cell.model, dataset, epochs=cell.epochs, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
                    model_options=dict(cell.options), progress=progress, data_path=cell.data_path,
-                   limit=cell.train_limit, adversarial=cell.adversarial)
+                   limit=cell.train_limit, adversarial=cell.adversarial,
+                   on_epoch=None if on_epoch is None else functools.partial(on_epoch, cell))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         result.model.save(path)
@@ -458,6 +474,19 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
         self.cpu_seconds.append(time.process_time() - self._cpu)
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Calls ``report(epoch, epochs, {"val_accuracy", "seconds"})`` after each epoch (1-based)."""
+
+    def __init__(self, report: Callable[[int, int, dict], None], epochs: int, timer: EpochTimer):
+        super().__init__()
+        self.report, self.epochs, self.timer = report, epochs, timer
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self.timer.seconds[-1] if len(self.timer.seconds) > epoch else float("nan")
+        self.report(epoch + 1, self.epochs, {"val_accuracy": float((logs or {}).get("val_accuracy", float("nan"))),
+                                             "seconds": seconds})
 
 
 class ProgressBar(keras.callbacks.Callback):

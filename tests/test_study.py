@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,7 +74,11 @@ def run_dir(spec_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     result = CliRunner().invoke(main, ["run", str(spec_file), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    # The console says where everything went (issue 22).
+    # The console says where everything went, and how each model's training goes, epoch by epoch (issue 22).
+    lines = result.output.splitlines()
+    for label in ("lenet5", "MLP 64"):
+        started = lines.index(next(line for line in lines if line.startswith(f"Model {label}: training")))
+        assert re.fullmatch(rf"Model {label}: epoch 1/1, validation accuracy 0\.\d{{4}} \(\d+ s\)", lines[started + 1])
     assert f"Models: {out / 'models'}" in result.output and f"Results: {out / 'results.json'}" in result.output
     assert f"Report: {out / 'report.html'}" in result.output
     return out
