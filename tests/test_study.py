@@ -292,3 +292,15 @@ def test_report_renders_in_a_real_browser(run_dir):
     broken = [alt for complete, width, alt in images if not complete or width == 0]
     assert not broken, f"images that did not load: {broken}"
     assert not errors, f"console errors: {errors}"
+
+
+@pytest.mark.slow
+def test_quiet_prints_only_the_result(run_dir, spec_file, tmp_path):
+    """--quiet: the robust-accuracy lines and the report's path, nothing else (models reused by --force)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    res = CliRunner().invoke(main, ["run", str(spec_file), "--out", str(copy), "--force", "--quiet"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("Robust accuracy") and lines[-1] == f"Report: {copy / 'report.html'}"
+    assert len(lines) == 2 + len(_results(copy)["models"]), res.stdout

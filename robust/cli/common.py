@@ -324,6 +324,29 @@ def enforce_fail_under(rows: list[dict], threshold: float | None) -> None:
                err=True)
 
 
+def quiet_option(func):
+    """``--quiet``: a study prints only its result (robust run, robust eval)."""
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="Print only the robust-accuracy lines and where the report went (no progress, no "
+                             "per-model lines); warnings and errors still show.")(func)
+
+
+def study_echo(quiet: bool):
+    """Where a study's lines go: the console, or nowhere under ``--quiet`` (see :func:`echo_result`)."""
+    return (lambda line: None) if quiet else click.echo
+
+
+def echo_result(results: dict, out) -> None:
+    """What ``--quiet`` keeps: the robust-accuracy headline and the report's path."""
+    from pathlib import Path
+
+    from robust.report.robustness import headline_lines
+
+    for line in headline_lines(results):
+        click.echo(line)
+    click.echo(f"Report: {Path(out) / 'report.html'}")
+
+
 def ray_options(func):
     """``--ray [ADDRESS]`` and ``--shard-size N``: run the study's cells on a Ray cluster (robust run, robust eval)."""
     func = click.option("--shard-size", "shard_size", type=click.IntRange(min=1), default=None, metavar="N",

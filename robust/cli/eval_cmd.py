@@ -17,12 +17,15 @@ from robust.cli import main
 from robust.cli.common import (
     FloatList,
     check_fits,
-    count,
     check_resume,
+    count,
     data_options,
+    echo_result,
     enforce_fail_under,
     fail_under_option,
+    quiet_option,
     ray_options,
+    study_echo,
     study_mapper,
 )
 from robust.cli.common import ValueRange  # noqa: F401  (shared with attack and fool)
@@ -54,10 +57,11 @@ DEFAULT_EPS_FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation in --out, keeping finished work.")
 @click.option("--force", is_flag=True, help="Start over in a folder that already holds a run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@quiet_option
 @fail_under_option
 @ray_options
 def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps, value_range, unsafe, no_fooling,
-                 out_dir, resume, force, no_progress, fail_under, ray_address, shard_size) -> None:
+                 out_dir, resume, force, no_progress, quiet, fail_under, ray_address, shard_size) -> None:
     """Attack and report on a ready model: a .keras file, a `robust train` folder,
     module.path:factory, or a model registered by a plugin.
 
@@ -103,10 +107,13 @@ def eval_command(model_ref, dataset, data_path, limit, seed, attacks, eps, steps
     if out_dir is None:
         check_resume(out, resume)
         check_writable(out, what="the run folder")
-    click.echo(f"Evaluating {loaded.name} on {dataset} -> {out}")
+    say = study_echo(quiet)
+    say(f"Evaluating {loaded.name} on {dataset} -> {out}")
     with reuse(loaded), engine as mapper:  # the study loads the model by reference: reuse this one
-        results = Study(spec, out, progress=not no_progress, echo=click.echo, mapper=mapper).run(resume=resume,
-                                                                                                  force=force)
+        results = Study(spec, out, progress=not (no_progress or quiet), echo=say, mapper=mapper).run(
+            resume=resume, force=force)
+    if quiet:
+        echo_result(results, out)
     enforce_fail_under(results["records"], fail_under)
 
 

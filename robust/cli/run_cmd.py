@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from robust.cli import main
-from robust.cli.common import check_fits, check_resume, ray_options, study_mapper
+from robust.cli.common import (
+    check_fits,
+    check_resume,
+    echo_result,
+    quiet_option,
+    ray_options,
+    study_echo,
+    study_mapper,
+)
 
 
 @main.command("run")
@@ -18,8 +26,9 @@ from robust.cli.common import check_fits, check_resume, ray_options, study_mappe
 @click.option("--force", is_flag=True, help="Start over in a folder that already holds a run "
                                             "(trained models with the same settings are still reused).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@quiet_option
 @ray_options
-def run_command(spec, out_dir, resume, force, no_progress, ray_address, shard_size) -> None:
+def run_command(spec, out_dir, resume, force, no_progress, quiet, ray_address, shard_size) -> None:
     """Train, attack and report: CNNs vs fully connected baselines.
 
     SPEC is a run spec in TOML or a built-in spec name (mnist, cifar10);
@@ -43,9 +52,13 @@ def run_command(spec, out_dir, resume, force, no_progress, ray_address, shard_si
     check_resume(out, resume)
     check_writable(out, what="--out" if out_dir else "the run folder")
     ready = _ready_models(parsed)
-    click.echo(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
+    say = study_echo(quiet)
+    say(f"Study {parsed.name!r} ({parsed.source}) -> {out}")
     with reuse(*ready), engine as mapper:  # ready models loaded and checked once, before anything trains
-        Study(parsed, out, progress=not no_progress, echo=click.echo, mapper=mapper).run(resume=resume, force=force)
+        results = Study(parsed, out, progress=not (no_progress or quiet), echo=say, mapper=mapper).run(
+            resume=resume, force=force)
+    if quiet:
+        echo_result(results, out)
 
 
 def _ready_models(spec) -> list:
