@@ -183,8 +183,7 @@ def train(model_name: str, dataset: Dataset, *, epochs: int | None = None, batch
         log: called with one line of text for each step worth reporting (device, result ...).
         adversarial: train against this threat model (:mod:`robust.adversarial`): every batch is
             attacked inside the train step, and the epoch with the best PGD validation accuracy is kept.
-        on_epoch: called as ``on_epoch(epoch, epochs, logs)`` after each epoch (1-based; ``logs`` holds
-            ``val_accuracy`` and the epoch's ``seconds``), for progress lines without a bar.
+        on_epoch: ``on_epoch(epoch, epochs, {"val_accuracy", "seconds"})`` after each epoch (1-based).
 
     Returns:
         A :class:`TrainResult`.
