@@ -206,8 +206,9 @@ def _freeze(value):
     try:
         hash(value)
     except TypeError:
-        raise RobustError(f"An attack hyper-parameter of type {type(value).__name__} ({value!r}) cannot be part of a "
-                          "kernel's cache key; use numbers, strings, booleans, tuples, lists, dicts or arrays.") from None
+        raise RobustError(f"An attack hyper-parameter of type {type(value).__name__} ({value!r}) cannot be part of "
+                          "a kernel's cache key; use numbers, strings, booleans, tuples, lists, dicts or "
+                          "arrays.") from None
     return value
 
 

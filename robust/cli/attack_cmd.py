@@ -44,7 +44,8 @@ def _no_dataset(model_ref: str) -> str:
     from robust.artifacts import CARD_FILE
 
     if Path(model_ref).is_dir() and (Path(model_ref) / CARD_FILE).is_file():
-        return f"The model card {Path(model_ref) / CARD_FILE} names no dataset (its 'dataset' field is missing or empty)"
+        return (f"The model card {Path(model_ref) / CARD_FILE} names no dataset (its 'dataset' field is missing or "
+                "empty)")
     if Path(model_ref).is_dir():
         return f"{model_ref} is a folder without {CARD_FILE} (the model card `robust train` writes)"
     return f"{model_ref} is a .keras file without a model card"
@@ -126,7 +127,8 @@ def _versions() -> dict:
 @click.option("--steps", type=count(None), default=None, help="PGD, APGD: gradient steps  [default: 40; APGD 100]")
 @click.option("--queries", type=count(None), default=None, help="Square: model queries per image  [default: 5000]")
 @click.option("--step-size", type=Number(), default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
-@click.option("--restarts", type=count(None), default=None, help="PGD: random restarts; the worst case is kept  [default: 1]")
+@click.option("--restarts", type=count(None), default=None,
+              help="PGD: random restarts; the worst case is kept  [default: 1]")
 @click.option("--random-start/--no-random-start", default=None, help="PGD: start at a random point of the ball.")
 @click.option("--loss", default=None, metavar="ce|margin|dlr",
               help="Loss to ascend: cross-entropy, margin (C&W; PGD) or DLR (APGD).")
@@ -300,11 +302,14 @@ def attacks_command() -> None:
               help="Images per class, each from its own noise.")
 @click.option("--threshold", type=Number(), default=0.99, show_default=True, help="Confidence to reach.")
 @click.option("--max-steps", type=count(None), default=1000, show_default=True, help="Most gradient steps per image.")
-@click.option("--step-size", type=Number(), default=None, help="Pixel change per step  [default: 1% of the value range]")
+@click.option("--step-size", type=Number(), default=None,
+              help="Pixel change per step  [default: 1% of the value range]")
 @click.option("--l2-decay", type=Number(), default=0.0, show_default=True,
               help="Shrink towards the range's low end per step (Yosinski et al. 2015).")
-@click.option("--blur-every", type=count(None), default=0, show_default=True, help="Gaussian blur every N steps (0: off).")
-@click.option("--jitter", type=count(None), default=0, show_default=True, help="Random shift of up to N pixels per step.")
+@click.option("--blur-every", type=count(None), default=0, show_default=True,
+              help="Gaussian blur every N steps (0: off).")
+@click.option("--jitter", type=count(None), default=0, show_default=True,
+              help="Random shift of up to N pixels per step.")
 @seed_option()
 @click.option("--dataset", default=None, metavar="NAME", help="Names the classes of a .keras file without a card.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",

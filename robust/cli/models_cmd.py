@@ -64,7 +64,8 @@ def _list_trained(root: Path) -> None:
                     f"  training: {describe_training(card)}")
         except Exception as exc:  # noqa: BLE001  a card written by hand can hold anything
             unreadable += 1
-            line = f"  skipped: its card cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            line = f"  skipped: its card cannot be read ({reason})"
         click.echo(f"{folder}\n{line}")
     if unreadable:
         click.echo(f"{unreadable} of {len(folders)} folders have a card robust cannot read; the others are listed.",

@@ -24,11 +24,14 @@ from robust.errors import RobustError
 @click.option("--crop/--no-crop", default=None,
               help="Crop top images to the unit's receptive field  [default: where the layer has spatial output]")
 @click.option("--steps", type=count(1), default=200, show_default=True, help="Ascent steps.")
-@click.option("--step-size", type=Number(), default=None, help="Pixel change per step  [default: 2% of the value range]")
+@click.option("--step-size", type=Number(), default=None,
+              help="Pixel change per step  [default: 2% of the value range]")
 @click.option("--l2-decay", type=Number(), default=0.01, show_default=True, help="Shrink towards the base per step.")
-@click.option("--blur-every", type=count(None), default=4, show_default=True, help="Gaussian blur every N steps (0: off).")
+@click.option("--blur-every", type=count(None), default=4, show_default=True,
+              help="Gaussian blur every N steps (0: off).")
 @click.option("--blur-sigma", type=Number(), default=0.5, show_default=True, help="Blur width in pixels.")
-@click.option("--jitter", type=count(None), default=1, show_default=True, help="Random shift of up to N pixels per step.")
+@click.option("--jitter", type=count(None), default=1, show_default=True,
+              help="Random shift of up to N pixels per step.")
 @click.option("--norm-pct", type=Number(), default=0.1, show_default=True,
               help="Fraction of pixels with the smallest norm reset with each blur.")
 @click.option("--contribution-pct", type=Number(), default=0.1, show_default=True,
@@ -160,7 +163,8 @@ def _layer_report(model, name, result, tops, value_range, out: Path) -> dict:
     grown = centre_field(model, name, result.images) if result.params["objective"] == "center" else result.images
     figures.unit_grid(name, [u for _, u in result.targets], (grown - lo) / (hi - lo),
                       None if crops is None else (crops - lo) / (hi - lo), None if tops is None else tops.value,
-                      out / png, activations=(result.start, result.value), receptive_field=figures.rf_text(rf_vector(rf), rf.image if rf else None))
+                      out / png, activations=(result.start, result.value),
+                      receptive_field=figures.rf_text(rf_vector(rf), rf.image if rf else None))
     units = []
     for i, (_, u) in enumerate(result.targets):
         entry = {"unit": u, "start_activation": float(result.start[i]), "activation": float(result.value[i]),
