@@ -1,4 +1,5 @@
-"""Adversarial attacks on Keras classifiers: FGSM, PGD, APGD, APGD-T, Square and fooling images.
+"""Adversarial attacks on Keras classifiers: FGSM, PGD, APGD, APGD-T, Square, AutoAttack, the minimum-norm
+attacks DeepFool, FMN and Carlini-Wagner L2, and fooling images.
 
 Attacks are small objects: hyper-parameters in the constructor, model and
 data at call time, numpy in and out::
@@ -21,18 +22,21 @@ from typing import Any
 
 from robust.attacks.apgd import APGD, APGDT
 from robust.attacks.auto import AutoAttack
-from robust.attacks.base import Attack, AttackResult
+from robust.attacks.base import Attack, AttackResult, Context
 from robust.attacks.fgsm import FGSM
 from robust.attacks.fooling import FoolingImages, FoolingResult
+from robust.attacks.minimum_norm import FMN, CarliniWagnerL2, DeepFool, MinimumNormAttack
 from robust.attacks.norms import L2Norm, LinfNorm, Norm, get_norm
 from robust.attacks.pgd import PGD
 from robust.attacks.square import Square
+from robust.attacks.steps import StepAttack
 from robust.errors import RobustError, known_names
 from robust.models.registry import entry_point_source
 
 ENTRY_POINT_GROUP = "robust.attacks"
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "AutoAttack", "FoolingImages", "FoolingResult",
+__all__ = ["Attack", "StepAttack", "Context", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "Square", "AutoAttack", "DeepFool", "FMN",
+           "CarliniWagnerL2", "MinimumNormAttack", "FoolingImages", "FoolingResult",
            "Norm", "LinfNorm", "L2Norm", "get_norm", "get_attack", "attack_registry", "attack_source", "strongest"]
 
 

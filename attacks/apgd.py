@@ -20,11 +20,11 @@ import numpy as np
 from keras import ops
 
 from robust import backend
-from robust.attacks.base import Attack, check_number
-from robust.attacks.compaction import driver_outputs, run_segments, standing_points
+from robust.attacks.base import Context, check_number
 from robust.attacks.norms import Norm
+from robust.attacks.steps import StepAttack
 from robust.errors import RobustError
-from robust.gradients import Logits, cached, check_classes, objective, success, targeted_dlr
+from robust.gradients import check_classes, objective, success, targeted_dlr
 
 #: Weight of the new step against the previous move (the paper's alpha); no momentum on the first step.
 MOMENTUM = 0.75
@@ -116,18 +116,7 @@ def _keep(mask, new, old):
     return ops.where(_column(mask, new), new, old)
 
 
-#: A run's state, in the order a compacted run carries it between segments.
-STATE = ("x", "prev", "grad", "step", "found", "found_x", "found_z", "best", "best_x", "best_grad", "best_z", "last",
-         "rises", "best_at_check", "halved")
-
-
-def _merge(old, new):
-    """Per example, the better of two results ``(found, x, logits, loss)``: found first, then higher loss."""
-    take = ops.logical_and(ops.logical_not(old[0]), ops.logical_or(new[0], new[3] > old[3]))
-    return (ops.logical_or(old[0], new[0]),) + tuple(_keep(take, n, o) for n, o in zip(new[1:], old[1:]))
-
-
-class APGD(Attack):
+class APGD(StepAttack):
     """Auto-PGD (Croce & Hein 2020): PGD with momentum and a step size that adapts per example.
 
     Each image starts at a random point on the surface of the eps-ball and
@@ -162,11 +151,10 @@ class APGD(Attack):
 
     name = "apgd"
     strength = 3
-    #: Steps between compactions, as PGD's: every this many steps a run drops the points already broken
-    #: (None: one compiled loop over all runs and steps). Per-image keys make the broken set the same.
-    _compact_every: int | None = 10
-    #: How many per-image class vectors :meth:`_extra` returns (APGD-T: the run's target class).
-    _extras = 0
+    state = {"x": "image", "prev": "image", "grad": "image", "step": "vector", "found": "flag",
+             "found_x": "image", "found_z": "logits", "best": "vector", "best_x": "image", "best_grad": "image",
+             "best_z": "logits", "last": "vector", "rises": "vector", "best_at_check": "vector", "halved": "flag"}
+    attacks_clean_mistakes = False  # the clean logits decide which images are already broken
 
     def __init__(self, *, eps: float = 0.3, norm: str | Norm = "inf", steps: int = 100, restarts: int = 1,
                  loss: str = "ce", targeted: bool = False, seed: int = 0):
@@ -184,176 +172,70 @@ class APGD(Attack):
     def check_model(self, image_shape, num_classes: int) -> None:
         check_classes(self.loss, num_classes)
 
-    def _step_size(self) -> float:
+    def effective_step_size(self) -> float:
         return 2.0 * self.eps
 
-    def _starts_at_x(self) -> bool:
-        return True  # the clean logits decide which images are already broken
-
-    # The runs: APGD repeats one objective; APGD-T changes the target class per run.
-    def _runs(self, num_classes: int) -> int:
+    def runs(self, num_classes: int) -> int:
+        """APGD repeats one objective ``restarts`` times; APGD-T changes the target class per run."""
         return self.restarts
 
-    def _extra(self, clean, run):
-        """What the objective needs besides the goal for run number ``run`` (a tensor)."""
-        return ()
+    def stream(self, rng, run):
+        return rng.fold(0).fold(run)  # the streams robust had before the step API: its numbers stay as they were
 
     def _value(self, z, goal, *extra):
         return objective(z, goal, loss=self.loss, targeted=self.targeted)
 
-    def _perturb(self, logits: Logits, x, goal, rng: backend.Rng, eps, step_size, low, high):
-        clean = logits(x)
-        batch = ops.shape(x)[0]
-        first = (success(clean, goal, targeted=self.targeted), x, clean, ops.full((batch,), -float("inf")))
-        value_and_grad = self._value_and_grad(logits)
-        windows = backend.tensor(_windows(self.steps))
-
-        def one_run(run, result):
-            args = (goal,) + self._extra(clean, run)
-            start = self._start(x, eps, rng.fold(run), low, high)
-            s = self._fresh(value_and_grad, args, goal, start, step_size)
-            s = ops.fori_loop(0, self.steps, self._step(value_and_grad, args, x, goal, windows, eps, low, high), s)
-            found = s["found"]
-            return _merge(result, (found, _keep(found, s["found_x"], s["best_x"]),
-                                   _keep(found, s["found_z"], s["best_z"]), s["best"]))
-
-        result = ops.fori_loop(0, self._runs(logits.num_classes), one_run, first)
-        return result[1], clean, result[2]
-
-    def _value_and_grad(self, logits: Logits):
+    def _value_and_grad(self, ctx: Context):
         def value(xt, goal_, *extra):
-            z = logits(xt)
+            z = ctx.logits(xt)
             return self._value(z, goal_, *extra), z
 
         return backend.value_and_grad(value)
 
-    def _start(self, x, eps, rng, low, high):
-        """A run's start: a random point on the surface of the ball, inside the value range."""
-        return ops.clip(x + self.norm.random_surface(x, eps, rng), low, high)
-
-    def _fresh(self, value_and_grad, args, goal, start, step_size) -> dict:
-        """The state of a run before its first step (keys :data:`STATE`), the start evaluated."""
-        loss, grad, z = value_and_grad(start, *args)
-        ok = success(z, goal, targeted=self.targeted)
+    def start(self, ctx: Context) -> dict:
+        """A random point on the surface of the ball, inside the value range, evaluated."""
+        start = ops.clip(ctx.x + self.norm.random_surface(ctx.x, ctx.eps, ctx.rng), ctx.low, ctx.high)
+        loss, grad, z = self._value_and_grad(ctx)(start, ctx.goal, *ctx.extra)
+        ok = success(z, ctx.goal, targeted=self.targeted)
         batch = ops.shape(start)[0]
-        return {"x": start, "prev": start, "grad": grad, "step": ops.ones((batch,)) * step_size, "found": ok,
+        return {"x": start, "prev": start, "grad": grad, "step": ops.ones((batch,)) * ctx.step_size, "found": ok,
                 "found_x": start, "found_z": z, "best": loss, "best_x": start, "best_grad": grad, "best_z": z,
                 "last": loss, "rises": ops.zeros((batch,)), "best_at_check": loss,
                 "halved": ops.ones((batch,), dtype="bool")}
 
-    def _step(self, value_and_grad, args, x, goal, windows, eps, low, high):
-        """APGD's step number ``i`` as ``(i, state) -> state``: momentum, checkpoints, halving, restarts."""
-        norm, targeted = self.norm, self.targeted
+    def step(self, ctx: Context, i, s: dict) -> dict:
+        """APGD's step number ``i``: momentum, checkpoints, halving, restarts from the best point."""
+        norm, x, eps = self.norm, ctx.x, ctx.eps
+        windows = backend.tensor(_windows(self.steps))
 
         def project(v):
-            return ops.clip(x + norm.project(v - x, eps), low, high)
+            return ops.clip(x + norm.project(v - x, eps), ctx.low, ctx.high)
 
-        def step(i, s):
-            a = ops.where(ops.equal(i, 0), 1.0, MOMENTUM)
-            current = s["x"]
-            plain = project(current + _column(s["step"], current) * norm.normalize(s["grad"]))
-            new = project(current + a * (plain - current) + (1.0 - a) * (current - s["prev"]))
-            loss, grad, z = value_and_grad(new, *args)
-            ok = success(z, goal, targeted=targeted)
-            better = loss > s["best"]
-            best = ops.where(better, loss, s["best"])
-            rises = s["rises"] + ops.cast(loss > s["last"], "float32")
-            window = ops.take(windows, i + 1)
-            at_check = ops.broadcast_to(window > 0, ops.shape(ok))
-            halve = ops.logical_and(at_check, halving(rises, window, s["best_at_check"], best, s["halved"]))
-            best_x, best_grad = _keep(better, new, s["best_x"]), _keep(better, grad, s["best_grad"])
-            return {"x": _keep(halve, best_x, new), "prev": current, "grad": _keep(halve, best_grad, grad),
-                    "step": ops.where(halve, s["step"] / 2.0, s["step"]),
-                    "found": ops.logical_or(s["found"], ok), "found_x": _keep(ok, new, s["found_x"]),
-                    "found_z": _keep(ok, z, s["found_z"]), "best": best, "best_x": best_x, "best_grad": best_grad,
-                    "best_z": _keep(better, z, s["best_z"]), "last": loss,
-                    "rises": ops.where(at_check, 0.0, rises),
-                    "best_at_check": ops.where(at_check, best, s["best_at_check"]),
-                    "halved": ops.where(at_check, halve, s["halved"])}
+        a = ops.where(ops.equal(i, 0), 1.0, MOMENTUM)
+        current = s["x"]
+        plain = project(current + _column(s["step"], current) * norm.normalize(s["grad"]))
+        new = project(current + a * (plain - current) + (1.0 - a) * (current - s["prev"]))
+        loss, grad, z = self._value_and_grad(ctx)(new, ctx.goal, *ctx.extra)
+        ok = success(z, ctx.goal, targeted=self.targeted)
+        better = loss > s["best"]
+        best = ops.where(better, loss, s["best"])
+        rises = s["rises"] + ops.cast(loss > s["last"], "float32")
+        window = ops.take(windows, i + 1)
+        at_check = ops.broadcast_to(window > 0, ops.shape(ok))
+        halve = ops.logical_and(at_check, halving(rises, window, s["best_at_check"], best, s["halved"]))
+        best_x, best_grad = _keep(better, new, s["best_x"]), _keep(better, grad, s["best_grad"])
+        return {"x": _keep(halve, best_x, new), "prev": current, "grad": _keep(halve, best_grad, grad),
+                "step": ops.where(halve, s["step"] / 2.0, s["step"]),
+                "found": ops.logical_or(s["found"], ok), "found_x": _keep(ok, new, s["found_x"]),
+                "found_z": _keep(ok, z, s["found_z"]), "best": best, "best_x": best_x, "best_grad": best_grad,
+                "best_z": _keep(better, z, s["best_z"]), "last": loss,
+                "rises": ops.where(at_check, 0.0, rises),
+                "best_at_check": ops.where(at_check, best, s["best_at_check"]),
+                "halved": ops.where(at_check, halve, s["halved"])}
 
-        return step
-
-
-    # ---------------------------------------------------------- compaction
-
-    def _drive(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
-        """The base driver, or each run in segments of ``_compact_every`` steps on the points still standing.
-
-        A run carries its whole state (step sizes, momentum point, checkpoint counters, best loss and
-        point) across segments, so a standing point's trajectory is the single loop's
-        (:mod:`robust.attacks.compaction`); a point broken in any run takes no more steps in it or
-        in later runs, which could not change its result.
-        """
-        every = self._compact_every
-        if not every or self.steps <= every:
-            return super()._drive(model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size,
-                                  progress)
-        points = standing_points(model, logits, x, y, target, todo, batch_size)
-        found, adv = points.broken.copy(), points.x.copy()
-        loss = np.full(len(adv), -np.inf, np.float32)
-        kernel = self._segment_kernel(model, logits, points.x.shape[1:])
-        constants = [backend.tensor(v) for v in (self.eps, self._step_size()) + tuple(value_range)]
-        clean = backend.tensor(points.logits)
-        for run in range(self._runs(logits.num_classes)):
-            active = np.flatnonzero(~found)
-            if len(active) == 0:
-                break
-            extra = [(backend.to_numpy(e).astype(np.int32)[active], "int32") for e in self._extra(clean, run)]
-            carried = _blank_state(len(active), points.x.shape[1:], logits.num_classes)
-            run_segments(kernel, logits.state(), [(points.x[active], "float32"), (points.goal[active], "int32")]
-                         + extra, carried, done=STATE.index("found"), steps=self.steps, every=every,
-                         constants=[backend.tensor(v, "int32") for v in (run, restart)] + constants,
-                         seed=self.seed, indices=keys_from[active], batch_size=batch_size)
-            s = dict(zip(STATE, carried))
-            better = s["found"] | (s["best"] > loss[active])  # as _merge: none of them was found before
-            ran = np.where(s["found"].reshape((-1,) + (1,) * (adv.ndim - 1)), s["found_x"], s["best_x"])
-            adv[active[better]], loss[active[better]] = ran[better], s["best"][better]
-            found[active] = s["found"]
-        return driver_outputs(model, logits, self.norm, points, adv, batch_size)
-
-    def _segment_kernel(self, model, logits: Logits, image_shape):
-        """Compiled: ``count`` steps of run ``run`` from step ``first`` (a fresh start when it is 0)."""
-        key = ("apgd-segment", self.config(), tuple(image_shape))
-        windows, extras = _windows(self.steps), self._extras
-
-        def build(proxy):
-            def segment(state, x, goal, *rest):
-                extra, carried = rest[:extras], rest[extras:extras + len(STATE)]
-                keys, first, count, _, run, restart, eps, step_size, low, high = rest[extras + len(STATE):]
-                value_and_grad = self._value_and_grad(logits.bind(state))
-                args = (goal,) + tuple(extra)
-
-                def fresh():
-                    start = self._start(x, eps, backend.Rng(keys).fold(restart).fold(run), low, high)
-                    return self._fresh(value_and_grad, args, goal, start, step_size)
-
-                s = ops.cond(ops.equal(first, 0), fresh, lambda: dict(zip(STATE, carried)))
-                step = self._step(value_and_grad, args, x, goal, backend.tensor(windows), eps, low, high)
-                s = ops.fori_loop(first, first + count, step, s)
-                return tuple(s[k] for k in STATE)
-
-            image, vector = backend.spec((None,) + tuple(image_shape)), backend.spec((None,))
-            classes, flag = backend.spec((None,), "int32"), backend.spec((None,), "bool")
-            z, count, scalar = backend.spec((None, logits.num_classes)), backend.spec((), "int32"), backend.spec(())
-            kinds = {"image": image, "vector": vector, "flag": flag, "logits": z}
-            signature = ([logits.state_signature(), image, classes] + [classes] * extras
-                         + [kinds[_KIND[k]] for k in STATE] + [backend.spec((None, 2), "int32")]
-                         + [count] * 5 + [scalar] * 4)
-            return backend.compile(segment, signature)
-
-        return cached(model, key, build)
-
-
-#: What each entry of :data:`STATE` holds per example.
-_KIND = {"x": "image", "prev": "image", "grad": "image", "step": "vector", "found": "flag", "found_x": "image",
-         "found_z": "logits", "best": "vector", "best_x": "image", "best_grad": "image", "best_z": "logits",
-         "last": "vector", "rises": "vector", "best_at_check": "vector", "halved": "flag"}
-
-
-def _blank_state(n: int, image_shape, num_classes: int) -> list[np.ndarray]:
-    """Arrays for a run's :data:`STATE` before its first segment (which starts fresh and ignores them)."""
-    shapes = {"image": (n,) + tuple(image_shape), "vector": (n,), "flag": (n,), "logits": (n, num_classes)}
-    return [np.zeros(shapes[_KIND[k]], bool if _KIND[k] == "flag" else np.float32) for k in STATE]
+    def outcome(self, s: dict):
+        """Any misclassified iterate, else the highest-loss one; ranked by that loss."""
+        return _keep(s["found"], s["found_x"], s["best_x"]), s["found"], s["best"]
 
 
 class APGDT(APGD):
@@ -384,7 +266,6 @@ class APGDT(APGD):
 
     name = "apgd-t"
     strength = 4
-    _extras = 1
 
     def __init__(self, *, eps: float = 0.3, norm: str | Norm = "inf", steps: int = 100, n_target_classes: int = 9,
                  restarts: int = 1, seed: int = 0):
@@ -394,13 +275,13 @@ class APGDT(APGD):
     def check_model(self, image_shape, num_classes: int) -> None:
         check_classes("targeted dlr", num_classes)
 
-    def _runs(self, num_classes: int) -> int:
+    def runs(self, num_classes: int) -> int:
         return self.restarts * min(self.n_target_classes, num_classes - 1)
 
-    def _extra(self, clean, run):
+    def run_inputs(self, clean_logits: np.ndarray, run: int) -> tuple[np.ndarray]:
+        """The run's target class per image: the ``1 + run // restarts``-th most likely clean class."""
         rank = 1 + run // self.restarts  # 0 is the top class; targets are the next ones
-        order = ops.argsort(-clean, axis=-1)
-        return (ops.cast(ops.take(order, rank, axis=1), "int32"),)
+        return (np.argsort(-clean_logits, axis=1, kind="stable")[:, rank].astype(np.int32),)
 
     def _value(self, z, goal, target):
         return targeted_dlr(z, goal, target)

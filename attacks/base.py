@@ -19,13 +19,13 @@ import inspect
 import math
 import time
 import weakref
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from keras import ops
 
 from robust import backend
-from robust.attacks.compaction import clean_logits, read_logits
+from robust.attacks.compaction import Points, clean_logits, driver_outputs, read_logits, standing_points
 from robust.attacks.driver import Outcome, run_batches
 from robust.attacks.norms import Norm, get_norm
 from robust.errors import MAX_COUNT, RobustError
@@ -38,6 +38,7 @@ from robust.gradients import (
     check_value_range,
     margin,
     model_logits,
+    success,
 )
 
 LABELS_GIVEN = "given"
@@ -66,6 +67,9 @@ class AttackResult:
         attacked: which images the attack ran on (the mask it was given); others are unchanged.
         source: per image, which result of a :meth:`worst_of` merge it came from (0 otherwise).
         details: what an attack reports beyond the images (an ensemble: points broken by each part).
+        radius: minimum-norm attacks only (:mod:`robust.attacks.minimum_norm`): per image the
+            smallest adversarial perturbation found, in the attack's norm, whatever ``eps`` was;
+            0 for a clean mistake, ``inf`` where none was found, ``nan`` where not attacked.
     """
 
     x_adv: np.ndarray
@@ -88,6 +92,7 @@ class AttackResult:
     attacked: np.ndarray | None = None
     source: np.ndarray | None = None
     details: dict | None = None
+    radius: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.labels)
@@ -158,6 +163,8 @@ class AttackResult:
         joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in per_image}
         if first.target is not None:
             joined["target"] = np.concatenate([p.target for p in parts])
+        if all(p.radius is not None for p in parts):
+            joined["radius"] = np.concatenate([p.radius for p in parts])
         details = first.details
         for part in parts[1:]:
             details = _merge_details(details, part.details)
@@ -234,6 +241,36 @@ def check_number(name: str, value, *, minimum: float | None = None, integer: boo
     return int(value) if integer else float(value)
 
 
+class Context(NamedTuple):
+    """What an attack's compiled code sees for one batch of images (all tensors but ``logits``).
+
+    Attributes:
+        logits: the model as a function ``images -> logits``, on the weights the kernel was given.
+        x: the clean images of the batch.
+        goal: per image, the label to move away from, or the target to reach (``targeted``).
+        rng: the run's per-image random numbers (:class:`robust.backend.Rng`, keyed by
+            ``(seed, image index)``); draw with a leading batch axis.
+        eps: the radius of the ball (``inf`` for a minimum-norm attack without a bound).
+        step_size: :meth:`Attack.effective_step_size`.
+        low, high: the value range.
+        run: which run this is (an int32 scalar; see :meth:`Attack.runs`).
+        extra: the run's per-image inputs from :meth:`Attack.run_inputs`.
+        classes: how many classes the model has (a Python int).
+    """
+
+    logits: Callable
+    x: Any
+    goal: Any
+    rng: Any
+    eps: Any
+    step_size: Any
+    low: Any
+    high: Any
+    run: Any = 0
+    extra: tuple = ()
+    classes: int = 0
+
+
 class Attack:
     """Base of the norm-bounded evasion attacks: ``Attack(**hyper_parameters)(model, x, y)``.
 
@@ -256,15 +293,21 @@ class Attack:
             they are never refused for a model without a usable gradient.
         strength: rank of the attack's thoroughness; the study's masking checks and example
             images use the strongest attack of a spec (the highest, the last one among ties).
+        norms: the norms the attack supports (``"inf"``, ``"2"``, ``"1"``).
     """
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
     strength: ClassVar[int] = 0
+    norms: ClassVar[tuple[str, ...]] = ("inf", "2")
 
     def __init__(self, *, eps: float, norm: str | Norm = "inf", targeted: bool = False, seed: int = 0):
         self.eps = check_number("eps", eps, minimum=0.0)
         self.norm = get_norm(norm)
+        if self.norm.name not in self.norms:
+            labels = " and ".join(get_norm(n).label for n in self.norms)
+            raise RobustError(f"{type(self).__name__} measures perturbations in {labels}; received norm "
+                              f"{self.norm.label} ({norm!r}). Use norm={' or norm='.join(map(repr, self.norms))}.")
         if not isinstance(targeted, (bool, np.bool_)):
             raise RobustError(f"targeted must be True or False; received {targeted!r}.")
         self.targeted = bool(targeted)
@@ -290,38 +333,36 @@ class Attack:
         runtime = set(runtime)
         return (type(self), tuple((k, _freeze(v)) for k, v in sorted(self.params.items()) if k not in runtime))
 
-    def _step_size(self) -> float:
-        """Step size passed to :meth:`_perturb` at run time."""
+    def effective_step_size(self) -> float:
+        """The step size every kernel of this attack receives as ``ctx.step_size`` (eps by default)."""
         return self.eps
 
-    def _starts_at_x(self) -> bool:
-        """Whether :meth:`_perturb` evaluates the model on ``x`` itself first (and returns those logits)."""
-        return False
+    #: Whether images the model already gets wrong are attacked too (else returned unchanged).
+    attacks_clean_mistakes: ClassVar[bool] = True
 
-    def _restarts(self) -> int:
-        """Independent runs per image; the driver keeps the worst case (:meth:`AttackResult.worst_of`)."""
+    def runs(self, num_classes: int) -> int:
+        """Independent runs per image (restarts, or APGD-T's target classes); each runs on the points
+        no earlier run broke, and the driver keeps the worst case (broken first, then highest rank)."""
         return 1
 
-    def _for_restart(self, restart: int) -> "Attack":
-        """The attack that runs restart number ``restart`` (this one; PGD's first L2 run starts at x)."""
-        return self
+    def run_inputs(self, clean_logits: np.ndarray, run: int) -> tuple[np.ndarray, ...]:
+        """Per-image int32 arrays run number ``run`` receives as ``ctx.extra`` (computed from the clean
+        logits of the points, e.g. APGD-T's target class); none by default."""
+        return ()
 
-    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+    def stream(self, rng: "backend.Rng", run) -> "backend.Rng":
+        """The random numbers of run ``run`` (a tensor) from the per-image stream ``rng`` of ``(seed, index)``."""
+        return rng.fold(run)
+
+    def perturb(self, ctx: Context):
         """Adversarial images for one batch, written with ``keras.ops`` (runs compiled).
 
-        Args:
-            logits: the model as a function ``x -> logits`` (on the weights the kernel was given).
-            x: clean images of the batch.
-            goal: the labels to move away from, or the targets to move to (``self.targeted``).
-            rng: per-image random numbers (``robust.backend.Rng``); draw with a leading batch axis.
-            eps, step_size, low, high: scalar tensors.
-
-        Returns:
-            ``(x_adv, clean_logits, adv_logits)``: images inside the ``eps`` ball around ``x``
-            and inside ``[low, high]``, and the logits of ``x`` and ``x_adv`` when the attack
-            computed them anyway (else ``None``; the base then runs the model once more).
+        The one method an attack that is not a :class:`~robust.attacks.steps.StepAttack` writes.
+        It reads everything from ``ctx`` (see :class:`Context`) and returns images inside the
+        ``ctx.eps`` ball around ``ctx.x`` and inside ``[ctx.low, ctx.high]``. The driver scores
+        them, merges runs and assembles the result.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement perturb(ctx).")
 
     # ---------------------------------------------------------------- helpers
 
@@ -353,7 +394,7 @@ class Attack:
         """Refuse an eps larger than the value range allows for images of ``image_shape``."""
         low, high = check_value_range(value_range)
         largest = self.norm.largest(tuple(image_shape), low, high)
-        if self.eps > largest:
+        if self.eps is not None and self.eps > largest:
             raise RobustError(
                 f"eps={self.eps:g} is larger than any {self.norm.label} distance between two images in "
                 f"[{low:g}, {high:g}] of shape {tuple(image_shape)} ({largest:g}); such an attack could replace "
@@ -384,40 +425,47 @@ class Attack:
 
     # ----------------------------------------------------------------- kernel
 
-    def _kernel(self, model, logits: Logits, image_shape: tuple[int, ...], labels_given: bool):
-        """The compiled ``(state, x, y, target, keys, restart, eps, step_size, low, high) -> outputs``."""
-        key = ("attack", self.config(), tuple(image_shape), labels_given)
-        norm, targeted = self.norm, self.targeted
-        # Labels are needed before the attack runs. Given labels (or a target) let an attack that
-        # starts at x return the clean logits from its first gradient pass: one forward pass fewer.
-        clean_pass = not (self._starts_at_x() and (labels_given or targeted))
+    def _kernel(self, model, logits: Logits, image_shape: tuple[int, ...], extras: int):
+        """Compiled: ``(weights, x, goal, *extra, keys, run, eps, step_size, low, high) -> (x_adv, found, rank)``."""
+        key = ("attack", self.config(), tuple(image_shape), extras)
+        targeted = self.targeted
 
         def build(proxy):
-            def run(state, x, y, target, keys, restart, eps, step_size, low, high):
-                bound = logits.bind(state)
-                clean = bound(x) if clean_pass else None
-                labels = y if labels_given else ops.cast(ops.argmax(clean, axis=-1), "int32")
-                goal = target if targeted else labels
-                rng = backend.Rng(keys).fold(restart)
-                x_adv, clean_seen, adv = self._perturb(bound, x, goal, rng, eps, step_size, low, high)
-                if clean is None:
-                    clean = clean_seen
-                    if not labels_given:
-                        labels = ops.cast(ops.argmax(clean, axis=-1), "int32")
-                if adv is None:
-                    adv = bound(x_adv)
-                score = -margin(adv, goal) if targeted else margin(adv, labels)
-                return (x_adv, labels, ops.cast(ops.argmax(clean, axis=-1), "int32"),
-                        ops.max(ops.softmax(clean, axis=-1), axis=-1), ops.cast(ops.argmax(adv, axis=-1), "int32"),
-                        ops.max(ops.softmax(adv, axis=-1), axis=-1), norm.distance(x_adv - x), score)
+            def run(weights, x, goal, *rest):
+                extra, (keys, number, eps, step_size, low, high) = rest[:extras], rest[extras:]
+                bound = logits.bind(weights)
+                ctx = Context(bound, x, goal, self.stream(backend.Rng(keys), number), eps, step_size, low, high,
+                              number, tuple(extra), logits.num_classes)
+                x_adv = self.perturb(ctx)
+                adv = bound(x_adv)
+                score = -margin(adv, goal) if targeted else margin(adv, goal)
+                return x_adv, success(adv, goal, targeted=targeted), score
 
-            scalar = backend.spec(())
-            signature = [logits.state_signature(), backend.spec((None,) + tuple(image_shape)),
-                         backend.spec((None,), "int32"), backend.spec((None,), "int32"),
-                         backend.spec((None, 2), "int32"), backend.spec((), "int32"), scalar, scalar, scalar, scalar]
+            scalar, classes = backend.spec(()), backend.spec((None,), "int32")
+            signature = ([logits.state_signature(), backend.spec((None,) + tuple(image_shape)), classes]
+                         + [classes] * extras + [backend.spec((None, 2), "int32"), backend.spec((), "int32")]
+                         + [scalar] * 4)
             return backend.compile(run, signature)
 
         return cached(model, key, build)
+
+    def _run(self, model, logits: Logits, points: Points, active: np.ndarray, extra: list, run: int,
+             keys_from: np.ndarray, value_range, batch_size: int, progress: bool):
+        """Run number ``run`` on the points ``active``: ``(x_adv, found, rank)`` per point, numpy.
+
+        ``rank`` orders the candidates of points no run broke (higher is closer to breaking); for an
+        attack written with :meth:`perturb` it is the margin past the boundary (``AttackResult.score``).
+        """
+        kernel = self._kernel(model, logits, points.x.shape[1:], len(extra))
+        per_image = [(points.x[active], "float32"), (points.goal[active], "int32")] + [(e, "int32") for e in extra]
+        constants = [backend.tensor(run, "int32")] + [backend.tensor(v) for v in self._scalars(value_range)]
+        return run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
+                           batch_size=batch_size, progress=progress, desc=type(self).__name__)
+
+    def _scalars(self, value_range) -> tuple[float, float, float, float]:
+        """``(eps, step_size, low, high)`` as every kernel receives them."""
+        eps = float("inf") if self.eps is None else self.eps  # a minimum-norm search without a bound
+        return (eps, self.effective_step_size()) + tuple(float(v) for v in value_range)
 
     # ------------------------------------------------------------------- call
 
@@ -463,60 +511,54 @@ class Attack:
             mask[:] = False
         if self.needs_gradients and mask.any():
             _check_gradients_once(model, logits, x, y, mask, (low, high))
-        result, standing = None, mask.copy()
-        for restart in range(self._restarts()):
-            todo = np.flatnonzero(standing)
-            if len(todo) == 0:
-                break
-            out = self._for_restart(restart)._drive(model, logits, x, y, target, indices[todo], todo, restart,
-                                                    (low, high), batch_size, progress)
-            found = self._assemble_result(model, logits, x, y, target, indices, batch_size, todo, out, result)
-            result = found if result is None else result.worst_of(found)
-            standing &= ~result.success
-        if result is None:  # nothing to attack
-            result = self._assemble_result(model, logits, x, y, target, indices, batch_size, np.zeros(0, np.int64),
-                                           None, None)
+        todo = np.flatnonzero(mask)
+        out = (self._drive(model, logits, x, y, target, indices, todo, (low, high), batch_size, progress)
+               if len(todo) else None)
+        result = self._assemble_result(model, logits, x, y, target, indices, batch_size, todo, out)
         result.seconds = time.perf_counter() - started
-        result.source = np.zeros(n, np.int64)
         return result
 
-    def _drive(self, model, logits, x, y, target, keys_from, todo, restart, value_range, batch_size, progress):
-        """The kernel's outputs over the images ``todo`` (random keys from ``keys_from``)."""
-        low, high = value_range
-        kernel = self._kernel(model, logits, x.shape[1:], labels_given=y is not None)
-        no_labels = np.full(len(x), -1, np.int32)
-        per_image = [(x[todo], "float32"), ((no_labels if y is None else y)[todo], "int32"),
-                     ((no_labels if target is None else target)[todo], "int32")]
-        constants = [backend.tensor(restart, "int32")] + [backend.tensor(v) for v in
-                                                          (self.eps, self._step_size(), low, high)]
-        return Outcome(*run_batches(kernel, logits.state(), per_image, constants, seed=self.seed, indices=keys_from,
-                                    batch_size=batch_size, progress=progress, desc=type(self).__name__))
+    def _drive(self, model, logits, x, y, target, indices, todo, value_range, batch_size, progress) -> Outcome:
+        """Every run of the attack over the images ``todo``, merged into one worst case per image.
 
-    def _assemble_result(self, model, logits, x, y, target, indices, batch_size, todo, out, previous):
-        """A result over all images: the kernel's outputs on ``todo``, every other image unchanged.
-
-        The clean predictions of the other images come from ``previous`` (an earlier run over the
-        same images) or, the first time, from one forward pass over just those images.
+        The one driver of every attack: run ``r`` (:meth:`runs`) attacks the points no earlier run
+        broke (clean mistakes too, unless :attr:`attacks_clean_mistakes` is off); per point the
+        first broken candidate is kept, else the one of highest rank. Step attacks run in segments
+        on the points still standing (:meth:`robust.attacks.steps.StepAttack._run`).
         """
+        points = standing_points(model, logits, x, y, target, todo, batch_size)
+        n, keys_from = len(points.x), indices[todo]
+        found = np.zeros(n, bool) if self.attacks_clean_mistakes else points.broken.copy()
+        adv, rank = points.x.copy(), np.full(n, -np.inf, np.float32)
+        for number in range(self.runs(logits.num_classes)):
+            active = np.flatnonzero(~found)
+            if len(active) == 0:
+                break
+            extra = [np.asarray(e, np.int32)[active] for e in self.run_inputs(points.logits, number)]
+            x_run, ok, score = self._run(model, logits, points, active, extra, number, keys_from[active],
+                                         value_range, batch_size, progress)
+            take = ok | (score > rank[active])
+            adv[active[take]], rank[active[take]] = x_run[take], score[take]
+            found[active] |= ok
+        return driver_outputs(model, logits, self.norm, points, adv, batch_size)
+
+    def _assemble_result(self, model, logits, x, y, target, indices, batch_size, todo, out):
+        """A result over all images: the driver's outputs on ``todo``, every other image unchanged
+        (its clean predictions from one forward pass over just those images)."""
         n = len(x)
-        if previous is not None:
-            fields = {k: np.copy(getattr(previous, k)) for k in _PER_IMAGE + ("labels", "clean_pred",
-                                                                             "clean_confidence")}
-            fields["x_adv"] = x.copy()
-        else:
-            fields = {"x_adv": x.copy(), "labels": np.full(n, -1, np.int64), "clean_pred": np.zeros(n, np.int64),
-                      "clean_confidence": np.zeros(n, np.float32), "adv_pred": np.zeros(n, np.int64),
-                      "adv_confidence": np.zeros(n, np.float32), "perturbation": np.zeros(n, np.float32),
-                      "score": np.zeros(n, np.float32)}
-            rest = np.ones(n, bool)
-            rest[todo] = False
-            if rest.any():
-                pred, conf, score = _predict(model, logits, x[rest], None if y is None else y[rest],
-                                             None if target is None else target[rest], batch_size)
-                fields["labels"][rest] = pred if y is None else y[rest]
-                fields["clean_pred"][rest] = fields["adv_pred"][rest] = pred
-                fields["clean_confidence"][rest] = fields["adv_confidence"][rest] = conf
-                fields["score"][rest] = score
+        fields = {"x_adv": x.copy(), "labels": np.full(n, -1, np.int64), "clean_pred": np.zeros(n, np.int64),
+                  "clean_confidence": np.zeros(n, np.float32), "adv_pred": np.zeros(n, np.int64),
+                  "adv_confidence": np.zeros(n, np.float32), "perturbation": np.zeros(n, np.float32),
+                  "score": np.zeros(n, np.float32)}
+        rest = np.ones(n, bool)
+        rest[todo] = False
+        if rest.any():
+            pred, conf, score = _predict(model, logits, x[rest], None if y is None else y[rest],
+                                         None if target is None else target[rest], batch_size)
+            fields["labels"][rest] = pred if y is None else y[rest]
+            fields["clean_pred"][rest] = fields["adv_pred"][rest] = pred
+            fields["clean_confidence"][rest] = fields["adv_confidence"][rest] = conf
+            fields["score"][rest] = score
         for name, values in (out._asdict().items() if out is not None else ()):
             fields[name][todo] = values
         attacked = np.zeros(n, bool)

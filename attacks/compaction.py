@@ -8,12 +8,12 @@ rest of the batch), so a point that stands takes exactly the steps of the
 single loop, and the set of broken points is the single loop's; a broken
 point keeps the adversarial iterate it had when it was dropped.
 
-PGD and APGD share this module: :func:`standing_points` before the segments,
-:func:`run_segments` for them, :func:`driver_outputs` after. Each attack
-writes only its segment kernel, ``kernel(state, *fixed, *carried, keys,
-first, count, last, *constants) -> carried``: ``count`` steps from step
-``first`` (a fresh start when ``first`` is 0), evaluating the final iterate
-when ``last`` is 1.
+The attack driver (:meth:`robust.attacks.Attack._drive`) uses this module:
+:func:`standing_points` before the runs, :func:`run_segments` for a step
+attack's segment kernel (:mod:`robust.attacks.steps`), ``kernel(state,
+*fixed, *carried, keys, first, count, last, *constants) -> carried``:
+``count`` steps from step ``first`` (a fresh start when ``first`` is 0),
+finishing when ``last`` is 1; and :func:`driver_outputs` after.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def driver_outputs(model, logits: Logits, norm: Norm, points: Points, x_adv: np.
 
 
 def run_segments(kernel: Callable, state: list, fixed: Sequence[tuple[np.ndarray, str]],
-                 carried: Sequence[np.ndarray], *, done: int, steps: int, every: int, constants: Sequence,
+                 carried: Sequence[np.ndarray], *, done: int | None, steps: int, every: int, constants: Sequence,
                  seed: int, indices: np.ndarray, batch_size: int) -> None:
     """Run ``steps`` steps of ``kernel`` in segments of ``every``, each on the points not yet done.
 
@@ -114,16 +114,16 @@ def run_segments(kernel: Callable, state: list, fixed: Sequence[tuple[np.ndarray
         state: the model's weight values.
         fixed: ``(array, dtype)`` per image, the same in every segment (images, goals).
         carried: per-image arrays the kernel updates; updated here in place.
-        done: which of ``carried`` is the boolean "broken" flag; a point whose flag is set takes no
-            more steps.
+        done: which of ``carried`` is the boolean "done" flag; a point whose flag is set takes no
+            more steps (``None``: every point takes every step).
         steps, every: steps in all; steps per segment.
         constants: tensors passed after the segment's ``first, count, last``.
         seed, indices: the images' random keys ``(seed, indices[i])``.
         batch_size: images per kernel call.
     """
     dtypes = [backend_dtype(c) for c in carried]
-    for first in range(0, steps, every):
-        active = np.flatnonzero(~carried[done])
+    for first in range(0, max(steps, 1), every):  # no steps: one segment that starts and finishes
+        active = np.flatnonzero(~carried[done]) if done is not None else np.arange(len(carried[0]))
         if len(active) == 0:
             return
         count = min(every, steps - first)

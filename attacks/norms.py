@@ -142,19 +142,62 @@ class L2Norm(Norm):
         return float(high - low) * math.sqrt(math.prod(int(d) for d in image_shape))
 
 
-NORMS: dict[str, type[Norm]] = {"inf": LinfNorm, "2": L2Norm}
+class L1Norm(Norm):
+    """The L1 ball: the summed absolute change of all pixels is at most ``eps`` (sparse perturbations)."""
+
+    name = "1"
+    label = "L1"
+
+    def normalize(self, grad):
+        # Steepest ascent under L1 moves the single pixel with the largest gradient (ties: the first).
+        d = math.prod(int(v) for v in grad.shape[1:])
+        flat = ops.reshape(grad, (ops.shape(grad)[0], d))
+        top = ops.one_hot(ops.argmax(ops.abs(flat), axis=-1), d)
+        return ops.reshape(top * ops.sign(flat), ops.shape(grad))
+
+    def project(self, delta, eps):
+        """The Euclidean projection onto the L1 ball (Duchi, Shalev-Shwartz, Singer, Chandra 2008), per example."""
+        n, d = ops.shape(delta)[0], math.prod(int(v) for v in delta.shape[1:])
+        flat = ops.reshape(delta, (n, d))
+        eps = ops.reshape(eps * ops.ones((n,)), (n, 1))
+        size = ops.abs(flat)
+        mu = ops.flip(ops.sort(size, axis=-1), axis=-1)
+        cumsum = ops.cumsum(mu, axis=-1)
+        rank = ops.cast(ops.arange(1, d + 1), flat.dtype)
+        rho = ops.max(ops.where(mu * rank > cumsum - eps, rank, 0.0), axis=-1, keepdims=True) - 1.0
+        rho = ops.maximum(rho, 0.0)
+        theta = (ops.take_along_axis(cumsum, ops.cast(rho, "int32"), axis=-1) - eps) / (rho + 1.0)
+        shrunk = ops.maximum(size - theta, 0.0) * ops.sign(flat)
+        inside = ops.sum(size, axis=-1, keepdims=True) <= eps
+        return ops.reshape(ops.where(inside, flat, shrunk), ops.shape(delta))
+
+    def random_start(self, like, eps, rng: RandomSource):
+        raise RobustError("No attack of robust starts at a random point of the L1 ball; FMN starts at the image.")
+
+    def random_surface(self, like, eps, rng: RandomSource):
+        raise RobustError("No attack of robust starts on the L1 sphere; FMN starts at the image.")
+
+    def distance(self, delta):
+        return ops.sum(ops.abs(delta), axis=_flat_axes(delta))
+
+    def largest(self, image_shape, low, high):
+        return float(high - low) * math.prod(int(d) for d in image_shape)
+
+
+NORMS: dict[str, type[Norm]] = {"inf": LinfNorm, "2": L2Norm, "1": L1Norm}
 _ALIASES = {"inf": "inf", "linf": "inf", "l-inf": "inf", "np.inf": "inf", "infinity": "inf",
-            "2": "2", "l2": "2", "2.0": "2"}
+            "2": "2", "l2": "2", "2.0": "2", "1": "1", "l1": "1", "1.0": "1"}
 
 
 def get_norm(norm: str | float | Norm) -> Norm:
-    """The norm strategy for ``"inf"`` / ``"2"`` (also ``float("inf")``, ``2``, ``"linf"``, ``"l2"``, or a Norm)."""
+    """The norm strategy for ``"inf"`` / ``"2"`` / ``"1"`` (also ``float("inf")``, ``2``, ``"linf"``, ``"l2"``,
+    ``"l1"``, or a Norm). Which norms an attack supports is its :attr:`~robust.attacks.Attack.norms`."""
     if isinstance(norm, Norm):
         return norm
     key = str(norm).strip().lower()
     if key in _ALIASES:
         return NORMS[_ALIASES[key]]()
     raise RobustError(
-        f"Unknown norm {norm!r}. Known norms: {known_names(NORMS)} (L-infinity and L2); "
-        "pass norm='inf' or norm='2' (on the command line --norm inf or --norm 2)."
+        f"Unknown norm {norm!r}. Known norms: {known_names(NORMS)} (L-infinity, L2 and L1); "
+        "pass norm='inf', norm='2' or norm='1' (on the command line --norm inf, --norm 2 or --norm 1)."
     )

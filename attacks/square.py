@@ -20,10 +20,10 @@ import numpy as np
 from keras import ops
 
 from robust import backend
-from robust.attacks.base import Attack, check_number
+from robust.attacks.base import Attack, Context, check_number
 from robust.attacks.norms import L2Norm, Norm
 from robust.errors import RobustError, known_names
-from robust.gradients import Logits, objective
+from robust.gradients import objective
 
 # Iteration thresholds, in ten-thousandths of the budget, after which p is halved once more.
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -253,8 +253,7 @@ class Square(Attack):
             raise RobustError(f"Square has moves for the norms {known_names(_MOVES)}; received norm "
                               f"{self.norm.name!r}.")
 
-    def _starts_at_x(self) -> bool:
-        return True  # the clean margin says which images are already broken
+    attacks_clean_mistakes = False  # the clean margin says which images are already broken
 
     def check_model(self, image_shape, num_classes: int) -> None:
         smallest = _MOVES[self.norm.name].smallest
@@ -270,36 +269,31 @@ class Square(Attack):
         fractions = [self.p_init / 2 ** k for k in range(len(_HALVINGS) + 1)]
         return moves(height, width, channels, fractions)
 
-    def _perturb(self, logits: Logits, x, goal, rng: backend.Rng, eps, step_size, low, high):
+    def runs(self, num_classes: int) -> int:
+        return self.restarts
+
+    def stream(self, rng, run):
+        return rng.fold(0).fold(run)  # the streams robust had before the step API: its numbers stay as they were
+
+    def perturb(self, ctx: Context):
+        """One run: from a random start, ``queries`` proposals, each kept where it lowers the margin."""
+        x, goal, eps, low, high = ctx.x, ctx.goal, ctx.eps, ctx.low, ctx.high
         moves = self._moves(tuple(x.shape[1:]))
         phases = backend.tensor([_halvings(i, self.queries) for i in range(self.queries)], "int32")
 
         def margin(xt):  # what the search lowers; at most 0 once the image is broken
-            z = logits(xt)
-            return -objective(z, goal, loss="margin", targeted=self.targeted), z
+            return -objective(ctx.logits(xt), goal, loss="margin", targeted=self.targeted)
 
-        clean = logits(x)
-        best = (x, -objective(clean, goal, loss="margin", targeted=self.targeted), clean)
         column = (-1,) + (1,) * (len(x.shape) - 1)
-        for restart in range(self.restarts):
-            stream = rng.fold(restart)
-            start = moves.start(x, eps, stream.fold(self.queries), low, high)
-            m0, z0 = margin(start)
-            standing = best[1] > 0
-            state = (ops.where(ops.reshape(standing, column), start, best[0]), ops.where(standing, m0, best[1]),
-                     ops.where(standing[:, None], z0, best[2]))
+        start = moves.start(x, eps, ctx.rng.fold(self.queries), low, high)
 
-            def search(i, current, m, z):
-                standing = m > 0
-                proposal = moves.propose(x, current, eps, ops.take(phases, i), stream.fold(i), low, high)
-                m_new, z_new = margin(proposal)
-                better = ops.logical_and(standing, m_new < m)
-                return (i + 1, ops.where(ops.reshape(better, column), proposal, current), ops.where(better, m_new, m),
-                        ops.where(better[:, None], z_new, z))
+        def search(i, current, m):
+            standing = m > 0
+            proposal = moves.propose(x, current, eps, ops.take(phases, i), ctx.rng.fold(i), low, high)
+            m_new = margin(proposal)
+            better = ops.logical_and(standing, m_new < m)
+            return i + 1, ops.where(ops.reshape(better, column), proposal, current), ops.where(better, m_new, m)
 
-            _, *state = ops.while_loop(lambda i, current, m, z: ops.logical_and(i < self.queries, ops.any(m > 0)),
-                                       search, (ops.zeros((), "int32"),) + state)
-            better = state[1] < best[1]
-            best = (ops.where(ops.reshape(better, column), state[0], best[0]), ops.where(better, state[1], best[1]),
-                    ops.where(better[:, None], state[2], best[2]))
-        return best[0], clean, best[2]
+        _, best, m = ops.while_loop(lambda i, current, m: ops.logical_and(i < self.queries, ops.any(m > 0)),
+                                    search, (ops.zeros((), "int32"), start, margin(start)))
+        return ops.where(ops.reshape(m < margin(x), column), best, x)  # the image itself unless the search beat it

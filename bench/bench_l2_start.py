@@ -37,8 +37,8 @@ def _shrunk(fraction: float):
     from robust.attacks import PGD
 
     class ShrunkStartPGD(_whole_ball()):
-        def _start(self, x, eps, rng, low, high):
-            return super()._start(x, eps * fraction, rng, low, high)
+        def start(self, ctx):
+            return super().start(ctx._replace(eps=ctx.eps * fraction))
 
     return ShrunkStartPGD
 
@@ -48,8 +48,8 @@ def _whole_ball():
     from robust.attacks import PGD
 
     class WholeBallPGD(PGD):
-        def _for_restart(self, restart):
-            return self
+        def start(self, ctx):  # every run starts as a later one does: at a random point
+            return super().start(ctx._replace(run=ctx.run + 1))
 
     return WholeBallPGD
 

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     class OneLoopPGD(PGD):
         """PGD as it ran before issue 9: one compiled loop over all steps for every point."""
 
-        _compact_every = None
+        compact_every = None
 
     data = load_dataset("mnist")
     model = _lenet(data, args.model)

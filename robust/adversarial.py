@@ -1,7 +1,7 @@
 """Adversarial training: the threat model to train against, the attack run inside the train step, the guard.
 
 Three methods, all run through the same attack code as ``robust attack``
-(:meth:`robust.attacks.PGD._perturb`), compiled into the train step together
+(:meth:`robust.attacks.PGD.perturb`, the step API run as one loop), compiled into the train step together
 with the weight update (:func:`robust.backend.adversarial_model`):
 
 * ``pgd``: Madry, Makelov, Schmidt, Tsipras, Vladu 2018, "Towards deep
@@ -34,6 +34,7 @@ import numpy as np
 from keras import ops
 
 from robust import backend
+from robust.attacks.base import Context
 from robust.attacks.fgsm import FGSM
 from robust.attacks.norms import get_norm
 from robust.attacks.pgd import PGD
@@ -152,7 +153,7 @@ def _number(name, value, *, integer=False, positive=False):
 class _LastIterate(PGD):
     """PGD that returns its last iterate, as adversarial training uses it (no search over iterates)."""
 
-    _keep_every_iterate = False
+    keep_best = False
 
 
 class _KLAscent(_LastIterate):
@@ -161,13 +162,12 @@ class _KLAscent(_LastIterate):
     def _objective(self, z, reference):
         return kl_divergence(reference, z)
 
-    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
-        reference = ops.stop_gradient(logits(x))
-        return super()._perturb(logits, x, reference, rng, eps, step_size, low, high)
+    def perturb(self, ctx):
+        return super().perturb(ctx._replace(goal=ops.stop_gradient(ctx.logits(ctx.x))))
 
 
 def training_attack(config: AdversarialConfig, seed: int = 0) -> PGD:
-    """The attack object whose ``_perturb`` runs inside the train step."""
+    """The attack object whose :meth:`~robust.attacks.steps.StepAttack.perturb` runs inside the train step."""
     kind = _KLAscent if config.method == "trades" else _LastIterate
     return kind(eps=config.eps, norm=config.norm, steps=config.steps, step_size=config.effective_step_size,
                 random_start=True, seed=seed)
@@ -189,10 +189,9 @@ def make_perturb(config: AdversarialConfig, model, num_classes: int, value_range
         ramp = ops.minimum(1.0, ops.cast(step + 1, "float32") / float(warmup_steps)) if warmup_steps else 1.0
         batch = ops.shape(x)[0]
         keys = ops.stack([ops.full((batch,), seed % (2**31 - 1), "int32"), ops.arange(batch, dtype="int32")], axis=1)
-        rng = backend.Rng(keys).fold(step)
-        x_adv, _, _ = attack._perturb(logits, x, ops.cast(y, "int32"), rng, config.eps * ramp,
-                                      config.effective_step_size * ramp, low, high)
-        return x_adv
+        ctx = Context(logits, x, ops.cast(y, "int32"), backend.Rng(keys).fold(step), config.eps * ramp,
+                      config.effective_step_size * ramp, low, high)
+        return attack.perturb(ctx)
 
     return perturb
 

@@ -212,7 +212,7 @@ def test_registry_and_parameters():
 def _compacted(attack, every: int):
     """The same attack, its runs cut into segments of ``every`` steps on the points still standing."""
     attack = copy.copy(attack)
-    attack._compact_every = every
+    attack.compact_every = every
     return attack
 
 

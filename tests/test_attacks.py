@@ -159,7 +159,7 @@ def test_compiled_loop_is_built_once_and_reused(trained_lenet, batch):
     for eps, bs in ((0.2, 64), (0.05, 50), (0.1, 200)):
         PGD(eps=eps, steps=2)(model, x, y, batch_size=bs)
     assert cache_size(model) == size
-    fn = PGD(eps=0.1, steps=2)._kernel(model, model_logits(model, x), x.shape[1:], labels_given=True)
+    fn = PGD(eps=0.1, steps=2)._segment_kernel(model, model_logits(model, x), x.shape[1:], 0)
     assert fn.experimental_get_tracing_count() == 1
 
 

@@ -102,8 +102,10 @@ class RandomSearch(Attack):
         super().__init__(eps=eps, norm="inf", seed=seed)
         self.tries = tries
 
-    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
+    def perturb(self, ctx):
         from robust.gradients import margin
+
+        logits, x, goal, rng, eps, low, high = ctx.logits, ctx.x, ctx.goal, ctx.rng, ctx.eps, ctx.low, ctx.high
 
         def step(i, state):
             best, best_score = state
@@ -114,7 +116,7 @@ class RandomSearch(Attack):
 
         start = (x, margin(logits(x), goal))
         best, _ = ops.fori_loop(0, self.tries, step, start)
-        return best, None, None
+        return best
 
 
 def test_a_black_box_attack_runs_on_a_model_without_gradients(trained_lenet, batch):
@@ -162,9 +164,9 @@ class Scaled(Attack):
         super().__init__(eps=eps, seed=seed)
         self.scale = scale
 
-    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
-        step = self.scale * eps * ops.sign(rng.uniform(ops.shape(x), -1.0, 1.0))
-        return ops.clip(x + step, low, high), None, None
+    def perturb(self, ctx):
+        step = self.scale * ctx.eps * ops.sign(ctx.rng.uniform(ops.shape(ctx.x), -1.0, 1.0))
+        return ops.clip(ctx.x + step, ctx.low, ctx.high)
 
 
 def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
@@ -184,8 +186,8 @@ def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
 
     def shrunk(fraction):
         class Shrunk(Scaled):
-            def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
-                return super()._perturb(logits, x, goal, rng, eps * fraction, step_size, low, high)
+            def perturb(self, ctx):
+                return super().perturb(ctx._replace(eps=ctx.eps * fraction))
         return Shrunk
 
     half, quarter = shrunk(0.5)(eps=0.2)(trained_lenet, x, y), shrunk(0.25)(eps=0.2)(trained_lenet, x, y)
@@ -195,4 +197,4 @@ def test_two_settings_of_one_attack_never_share_a_kernel(trained_lenet, batch):
     before = set(_CACHE[trained_lenet])
     for steps, eps in ((20, 0.1), (40, 0.1), (40, 0.2)):
         PGD(eps=eps, steps=steps, seed=1)(trained_lenet, x, y)
-    assert len([k for k in set(_CACHE[trained_lenet]) - before if k[0] == "pgd-segment"]) <= 1
+    assert len([k for k in set(_CACHE[trained_lenet]) - before if k[0] == "steps"]) <= 1

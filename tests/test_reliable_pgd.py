@@ -29,7 +29,7 @@ def test_l2_random_start_is_never_weaker_than_starting_at_x(trained_lenet, batch
 class _OneLoop(PGD):
     """PGD without compaction: one compiled loop over every step for every point."""
 
-    _compact_every = None
+    compact_every = None
 
 
 def test_compaction_breaks_the_same_points(trained_lenet, batch):

@@ -3,11 +3,14 @@
 An attack plugin is a subclass of ``robust.attacks.Attack`` registered in the
 entry-point group ``robust.attacks``: hyper-parameters are keyword-only
 constructor arguments (``eps``, ``norm``, ``targeted`` and ``seed`` handled
-by the base), and the subclass writes ``_perturb`` with ``keras.ops``,
-returning ``(x_adv, clean_logits, adv_logits)`` (either logits may be
-``None`` when the attack did not compute them). The base does the rest:
-validation, labels, batching, the value range, compiling, and the
-``AttackResult``.
+by the base), and the subclass writes ``perturb(ctx)`` with ``keras.ops``,
+reading the batch from ``ctx`` (``robust.attacks.Context``: the model as
+``ctx.logits``, the images, the goal classes, per-image random numbers,
+eps and the value range) and returning the adversarial images. The base
+does the rest: validation, labels, batching, restarts, the value range,
+compiling, and the ``AttackResult``. An iterative attack subclasses
+``robust.attacks.StepAttack`` instead and writes ``start``, ``step`` and
+``outcome`` over named per-image state (see ``robust.attacks.steps``).
 """
 
 from __future__ import annotations
@@ -53,20 +56,14 @@ class RandomSignNoise(Attack):
             raise RobustError(f"tries must be a positive integer; received {tries!r}.")
         self.tries = tries
 
-    def _starts_at_x(self) -> bool:
-        return True  # the first logits computed are the clean ones, returned to the base
-
-    def _perturb(self, logits, x, goal, rng, eps, step_size, low, high):
-        clean = logits(x)
-        best, best_logits = x, clean
-        best_value = objective(clean, goal, loss="margin", targeted=self.targeted)
+    def perturb(self, ctx):
+        x, goal, rng = ctx.x, ctx.goal, ctx.rng
+        best, best_value = x, objective(ctx.logits(x), goal, loss="margin", targeted=self.targeted)
         pick = lambda keep, a, b: ops.where(ops.reshape(keep, (-1,) + (1,) * (len(a.shape) - 1)), a, b)  # noqa: E731
         for _ in range(self.tries):
             # normalize() maps a Gaussian to a uniform random sign (L-inf) or direction (L2) of unit size.
-            candidate = ops.clip(x + eps * self.norm.normalize(rng.normal(ops.shape(x))), low, high)
-            z = logits(candidate)
-            value = objective(z, goal, loss="margin", targeted=self.targeted)
-            better = value > best_value
-            best, best_logits = pick(better, candidate, best), pick(better, z, best_logits)
+            candidate = ops.clip(x + ctx.eps * self.norm.normalize(rng.normal(ops.shape(x))), ctx.low, ctx.high)
+            value = objective(ctx.logits(candidate), goal, loss="margin", targeted=self.targeted)
+            best = pick(value > best_value, candidate, best)
             best_value = ops.maximum(value, best_value)
-        return best, clean, best_logits
+        return best
