@@ -68,8 +68,8 @@ class AttackResult:
         source: per image, which result of a :meth:`worst_of` merge it came from (0 otherwise).
         details: what an attack reports beyond the images (an ensemble: points broken by each part).
         radius: minimum-norm attacks only (:mod:`robust.attacks.minimum_norm`): per image the
-            smallest adversarial perturbation found, in the attack's norm, whatever ``eps`` was;
-            0 for a clean mistake, ``inf`` where none was found, ``nan`` where not attacked.
+            smallest adversarial perturbation found, in the attack's norm, whatever ``eps`` and the
+            mask were (the search covers every image); 0 for a clean mistake, ``inf`` where none was found.
     """
 
     x_adv: np.ndarray
@@ -339,6 +339,9 @@ class Attack:
 
     #: Whether images the model already gets wrong are attacked too (else returned unchanged).
     attacks_clean_mistakes: ClassVar[bool] = True
+    #: Whether later runs attack broken points again (a minimum-norm attack's next run may find a
+    #: smaller perturbation; its rank is minus the perturbation's size) or only the points still standing.
+    improves_broken: ClassVar[bool] = False
 
     def runs(self, num_classes: int) -> int:
         """Independent runs per image (restarts, or APGD-T's target classes); each runs on the points
@@ -522,22 +525,24 @@ class Attack:
         """Every run of the attack over the images ``todo``, merged into one worst case per image.
 
         The one driver of every attack: run ``r`` (:meth:`runs`) attacks the points no earlier run
-        broke (clean mistakes too, unless :attr:`attacks_clean_mistakes` is off); per point the
-        first broken candidate is kept, else the one of highest rank. Step attacks run in segments
+        broke (every point, if :attr:`improves_broken`; clean mistakes too, unless
+        :attr:`attacks_clean_mistakes` is off); per point a broken candidate beats an unbroken one,
+        and among equals the one of higher rank wins. Step attacks run in segments
         on the points still standing (:meth:`robust.attacks.steps.StepAttack._run`).
         """
         points = standing_points(model, logits, x, y, target, todo, batch_size)
         n, keys_from = len(points.x), indices[todo]
-        found = np.zeros(n, bool) if self.attacks_clean_mistakes else points.broken.copy()
-        adv, rank = points.x.copy(), np.full(n, -np.inf, np.float32)
+        skip = np.zeros(n, bool) if self.attacks_clean_mistakes else points.broken.copy()
+        found, adv, rank = skip.copy(), points.x.copy(), np.full(n, -np.inf, np.float32)
         for number in range(self.runs(logits.num_classes)):
-            active = np.flatnonzero(~found)
+            active = np.flatnonzero(~skip if self.improves_broken else ~found)
             if len(active) == 0:
                 break
             extra = [np.asarray(e, np.int32)[active] for e in self.run_inputs(points.logits, number)]
             x_run, ok, score = self._run(model, logits, points, active, extra, number, keys_from[active],
                                          value_range, batch_size, progress)
-            take = ok | (score > rank[active])
+            had = found[active]
+            take = (ok & ~had) | ((ok == had) & (score > rank[active]))  # broken first, then the higher rank
             adv[active[take]], rank[active[take]] = x_run[take], score[take]
             found[active] |= ok
         return driver_outputs(model, logits, self.norm, points, adv, batch_size)
@@ -582,18 +587,24 @@ def _check_gradients_once(model, logits: Logits, x, y, mask, value_range) -> Non
     fingerprint (per tensor: its shape and sum) and retraining checks again. On a
     small CNN the check cost about 6% of an FGSM call over 1,000 images.
     """
-    def build(proxy):  # summed where the weights live, in one compiled call: one number per tensor to the host
-        return backend.compile(lambda state: ops.stack([ops.sum(ops.cast(v, "float32")) for v in state] or [0.0]),
-                               [logits.state_signature()])
-
-    state = logits.state()
-    sums = backend.to_numpy(cached(model, ("weight-sums",), build)(state))
-    fingerprint = tuple(zip((tuple(v.shape) for v in state), map(float, sums)))
+    fingerprint = weights_fingerprint(model, logits)
     if fingerprint in _GRADIENTS_CHECKED.get(model, ()):
         return
     first = np.flatnonzero(mask)[:64]
     check_gradients(model, x[first], None if y is None else y[first], value_range=value_range)
     _GRADIENTS_CHECKED.setdefault(model, set()).add(fingerprint)
+
+
+def weights_fingerprint(model, logits: Logits) -> tuple:
+    """Per weight tensor its shape and sum, computed where the weights live (one compiled call): cheap
+    enough to call per attack, and it changes when the model is trained further."""
+    def build(proxy):
+        return backend.compile(lambda state: ops.stack([ops.sum(ops.cast(v, "float32")) for v in state] or [0.0]),
+                               [logits.state_signature()])
+
+    state = logits.state()
+    sums = backend.to_numpy(cached(model, ("weight-sums",), build)(state))
+    return tuple(zip((tuple(v.shape) for v in state), map(float, sums)))
 
 
 def _predict(model, logits: Logits, x: np.ndarray, y, target, batch_size: int):

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
+import time
+import weakref
 from typing import Sequence
 
 import numpy as np
 from keras import ops
 
 from robust import backend
-from robust.attacks.base import Attack, AttackResult, Context, _predict, check_number
+from robust.attacks.base import Attack, AttackResult, Context, _predict, check_number, weights_fingerprint
 from robust.attacks.norms import Norm
 from robust.attacks.steps import StepAttack
 from robust.gradients import success
@@ -69,6 +72,12 @@ def _other_best(z, goal):
     return ops.max(ops.where(ops.one_hot(goal, classes) > 0, -float("inf"), z), axis=-1)
 
 
+def _competitor(z, goal, aim):
+    """The logit a run pushes up against the label's: the aimed class's, or the best other (``aim`` -1)."""
+    aimed = ops.sum(z * ops.one_hot(ops.maximum(aim, 0), z.shape[-1]), axis=-1)
+    return ops.where(aim >= 0, aimed, _other_best(z, goal))
+
+
 class MinimumNormAttack(StepAttack):
     """Base of the minimum-norm attacks: an untargeted search for each image's smallest perturbation.
 
@@ -82,6 +91,7 @@ class MinimumNormAttack(StepAttack):
     done = None  # a broken point keeps shrinking its perturbation: every point takes every step
     compact_every = None
     attacks_clean_mistakes = False  # their radius is 0
+    improves_broken = True  # every run searches every point; the smallest perturbation wins
 
     def __init__(self, *, eps: float | None = None, norm: str | Norm = "2", seed: int = 0):
         super().__init__(eps=0.0 if eps is None else eps, norm=norm, seed=seed)
@@ -91,32 +101,85 @@ class MinimumNormAttack(StepAttack):
     def effective_step_size(self) -> float:
         return 0.0  # each minimum-norm attack schedules its own steps
 
+    #: Runs per image (an attack that takes ``targets`` sets it): the smallest perturbation is kept.
+    targets: int = 1
+
+    def runs(self, num_classes: int) -> int:
+        return min(self.targets, num_classes - 1)
+
+    def run_inputs(self, clean_logits: np.ndarray, run: int) -> tuple[np.ndarray]:
+        """Run 0 aims at the best other class at every step (-1); run ``r`` at the ``r + 1``-th likeliest."""
+        if run == 0:
+            return (np.full(len(clean_logits), -1, np.int32),)
+        return (np.argsort(-clean_logits, axis=1, kind="stable")[:, run].astype(np.int32),)
+
     def __call__(self, model, x: np.ndarray, y: np.ndarray | None = None, *,
                  value_range: Sequence[float] = (0.0, 1.0), batch_size: int = 256,
                  target=None, indices=None, mask=None, progress: bool = True) -> AttackResult:
         """Search each image's smallest perturbation, then apply ``eps``; see :meth:`Attack.__call__`."""
+        called = time.perf_counter()
         search = copy.copy(self)
         search.eps = None
-        result = Attack.__call__(search, model, x, y, value_range=value_range, batch_size=batch_size, target=target,
-                                 indices=indices, mask=mask, progress=progress)
-        radius = np.where(result.success, result.perturbation, np.inf).astype(np.float32)
-        radius[~result.attacked] = np.nan
-        result = dataclasses.replace(result, radius=radius, eps=self.eps, params=self.params)
-        if self.eps is None:
-            return result
-        beyond = result.attacked & result.success & (result.clean_pred == result.labels) & \
-            (result.perturbation > self.eps * (1 + 1e-6) + 1e-7)
-        if beyond.any():  # larger than the bound: not broken at this eps
-            xs = np.asarray(x, np.float32)[beyond]
-            pred, conf, score = _predict(model, _logits(model, xs), xs, result.labels[beyond], None, batch_size)
-            result.x_adv[beyond] = xs
-            result.adv_pred[beyond], result.adv_confidence[beyond], result.score[beyond] = pred, conf, score
-            result.perturbation[beyond] = 0.0
+        key = _search_key(search, model, x, y, value_range, target, indices)
+        held = _SEARCHES.get(model)
+        if held is not None and held[0] == key:  # a sweep: every eps is read off one search
+            result = _copy(held[1])
+        else:  # every image is searched (a mask only decides which count): one search serves a whole sweep
+            result = Attack.__call__(search, model, x, y, value_range=value_range, batch_size=batch_size,
+                                     target=target, indices=indices, progress=progress)
+            radius = np.where(result.success, result.perturbation, np.inf).astype(np.float32)
+            result = dataclasses.replace(result, radius=radius)
+            if key is not None:
+                _SEARCHES[model] = (key, _copy(result))
+        result = dataclasses.replace(result, eps=self.eps, params=self.params)
+        if mask is not None:  # the radius stays every image's: the search covered them all
+            result.attacked = np.asarray(mask, bool).copy()
+        # Not attacked, or broken only beyond the bound: the image itself, with its clean predictions.
+        reset = ~result.attacked & (result.x_adv != np.asarray(x, np.float32)).reshape(len(result.labels), -1).any(1)
+        if self.eps is not None:
+            reset |= result.attacked & result.success & (result.clean_pred == result.labels) & \
+                (result.perturbation > self.eps * (1 + 1e-6) + 1e-7)
+        if reset.any():
+            xs = np.asarray(x, np.float32)[reset]
+            pred, conf, score = _predict(model, _logits(model, xs), xs, result.labels[reset], None, batch_size)
+            result.x_adv[reset] = xs
+            result.adv_pred[reset], result.adv_confidence[reset], result.score[reset] = pred, conf, score
+            result.perturbation[reset] = 0.0
+        result.seconds = time.perf_counter() - called
         return result
 
     def check_eps(self, image_shape, value_range) -> None:
         if self.eps is not None:
             super().check_eps(image_shape, value_range)
+
+
+#: Per model, the last search and what it was run on: an eps sweep of a minimum-norm attack searches once.
+_SEARCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _search_key(attack: Attack, model, x, y, value_range, target, indices):
+    """What a search's result depends on: the attack's settings, the weights, the images and labels."""
+    if target is not None:
+        return None
+    try:
+        fingerprint = weights_fingerprint(model, _logits(model, np.asarray(x[:1], np.float32)))
+    except Exception:  # not a model we can fingerprint: no reuse (the attack itself will explain)
+        return None
+    parts = [np.asarray(a) for a in (x, y, indices) if a is not None]
+    digest = hashlib.sha256()
+    for a in parts:
+        digest.update(str((a.dtype.str, a.shape)).encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    flags = tuple(a is None for a in (y, indices))
+    return (attack.config(runtime=("eps",)), fingerprint, tuple(float(v) for v in value_range), flags,
+            digest.hexdigest())
+
+
+def _copy(result: AttackResult) -> AttackResult:
+    """A result whose per-image arrays can be changed without touching the held one."""
+    return dataclasses.replace(result, **{f.name: np.copy(getattr(result, f.name)) for f in
+                                          dataclasses.fields(result) if isinstance(getattr(result, f.name),
+                                                                                    np.ndarray)})
 
 
 def _logits(model, x):
@@ -140,6 +203,12 @@ def _jacobian(logits, x, classes: int):
 
 class DeepFool(MinimumNormAttack):
     """DeepFool (Moosavi-Dezfooli et al. 2016): steps to the nearest linearised boundary until the label flips.
+
+    Fast (a few linearisations per image) but not minimal: it stops at the
+    first boundary it crosses. On LeNet-5 (200 images) its perturbation was
+    more than 5% above the smallest eps at which PGD-40 broke the image for
+    35% (L2) and 44% (L-inf) of them; FMN and CW, none. Use it for a quick
+    estimate, FMN or CW for a radius to act on.
 
     At each step the model is linearised at the current point: for every
     other class ``k`` the boundary with the label ``y`` lies
@@ -239,6 +308,11 @@ class FMN(MinimumNormAttack):
         steps: iterations (100 in Foolbox).
         step_size: the first step's size (in the units of the value range; Foolbox's 1.0 for [0, 1]).
         gamma: the first radius update's factor (0.05).
+        targets: runs per image, the smallest perturbation kept: the first aims at the likeliest other
+            class at each step (the paper), run ``r`` at the ``r + 1``-th likeliest clean class (as
+            APGD-T does). Measured on LeNet-5 (200 images, 100 steps): one run left 6 (L-inf) and 5
+            (L2) images with a minimal perturbation above the smallest eps at which PGD-40 broke them
+            (+5%), three runs 2 and 2, four runs none; median 0.1012 -> 0.0981 (L-inf), 1.290 -> 1.242 (L2).
         seed: unused (FMN starts at the image); kept so every attack takes one.
 
     Example:
@@ -258,11 +332,13 @@ class FMN(MinimumNormAttack):
     FREE_UNTIL_FOUND = ("2", "1")
 
     def __init__(self, *, eps: float | None = None, norm: str | Norm = "2", steps: int = 100,
-                 step_size: float = 1.0, gamma: float = 0.05, seed: int = 0):
+                 step_size: float = 1.0, gamma: float = 0.05, targets: int = 4, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.steps = check_number("steps", steps, integer=True, minimum=1)
         self.step_size = check_number("step_size", step_size, positive=True)
         self.gamma = check_number("gamma", gamma, positive=True, maximum=1.0)
+        self.targets = check_number("targets", targets, integer=True, minimum=1)
+
 
     def _worst(self, ctx: Context):
         """The largest norm any perturbation inside the value range can have, per image."""
@@ -276,9 +352,11 @@ class FMN(MinimumNormAttack):
 
     def _evaluate(self, ctx: Context, s: dict):
         """Logit difference ``z_y - max other`` at ``x + delta``, its gradient, and the best kept."""
+        (aim,) = ctx.extra
+
         def value(xt):
             z = ctx.logits(xt)
-            return _other_best(z, ctx.goal) - ops.sum(z * ops.one_hot(ctx.goal, z.shape[-1]), axis=-1), z
+            return _competitor(z, ctx.goal, aim) - ops.sum(z * ops.one_hot(ctx.goal, z.shape[-1]), axis=-1), z
 
         ascent, grad, z = backend.value_and_grad(value)(ctx.x + s["delta"])
         adversarial = success(z, ctx.goal)
@@ -341,8 +419,14 @@ class CarliniWagnerL2(MinimumNormAttack):
         steps: Adam steps per round (1,000 in the paper; fewer is the usual CPU budget).
         binary_search_steps: rounds of the search over ``c`` (9 in the paper).
         initial_const: ``c`` of the first round (1e-3 in the paper, 1e-2 in ART).
-        learning_rate: Adam's step size (1e-2).
+        learning_rate: Adam's step size; ``None`` means ``10 / steps``, so a round can travel about as far
+            in tanh space whatever its length (the paper's 0.01 for its 1,000 steps). Measured on LeNet-5
+            (200 images, 10 rounds of 10 steps): 0.01 broke 0.5% of the images, 1.0 all of them.
         confidence: the margin ``kappa`` past the boundary to aim for (0).
+        targets: runs per image, as :class:`FMN`'s: the first against the best other class, run ``r``
+            against the ``r + 1``-th likeliest clean class; the smallest perturbation is kept. Measured
+            on LeNet-5 (200 images, 9 rounds of 100 steps): one run left 5 images above the smallest L2
+            eps at which PGD-40 broke them (+5%), four runs none (median 1.303 -> 1.258).
         seed: unused (the method is deterministic); kept so every attack takes one.
 
     Example:
@@ -357,14 +441,15 @@ class CarliniWagnerL2(MinimumNormAttack):
              "round_found": "flag", "best_norm": "vector", "best_x": "image", "found": "flag"}
 
     def __init__(self, *, eps: float | None = None, norm: str | Norm = "2", steps: int = 100,
-                 binary_search_steps: int = 9, initial_const: float = 0.01, learning_rate: float = 0.01,
-                 confidence: float = 0.0, seed: int = 0):
+                 binary_search_steps: int = 9, initial_const: float = 0.01, learning_rate: float | None = None,
+                 confidence: float = 0.0, targets: int = 4, seed: int = 0):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.steps = check_number("steps", steps, integer=True, minimum=1)
         self.binary_search_steps = check_number("binary_search_steps", binary_search_steps, integer=True, minimum=1)
         self.initial_const = check_number("initial_const", initial_const, positive=True)
-        self.learning_rate = check_number("learning_rate", learning_rate, positive=True)
+        self.learning_rate = check_number("learning_rate", learning_rate, positive=True, allow_none=True)
         self.confidence = check_number("confidence", confidence, minimum=0.0)
+        self.targets = check_number("targets", targets, integer=True, minimum=1)
 
     def total_steps(self) -> int:
         return self.steps * self.binary_search_steps
@@ -395,11 +480,13 @@ class CarliniWagnerL2(MinimumNormAttack):
                 "round_found": ops.zeros_like(ok)}
 
     def _evaluate(self, ctx: Context, s: dict):
+        (aim,) = ctx.extra
+
         def value(w):
             image = self._image(ctx, w)
             z = ctx.logits(image)
             own = ops.sum(z * ops.one_hot(ctx.goal, z.shape[-1]), axis=-1)
-            hinge = ops.maximum(own - _other_best(z, ctx.goal) + self.confidence, 0.0)
+            hinge = ops.maximum(own - _competitor(z, ctx.goal, aim) + self.confidence, 0.0)
             distance = ops.sum(ops.square(ops.reshape(image - ctx.x, (ops.shape(image)[0], -1))), axis=-1)
             return -(distance + s["c"] * hinge), (image, z)
 
@@ -419,7 +506,8 @@ class CarliniWagnerL2(MinimumNormAttack):
         m = 0.9 * s["m"] + 0.1 * grad
         v = 0.999 * s["v"] + 0.001 * ops.square(grad)
         m_hat, v_hat = m / (1.0 - ops.power(0.9, t)), v / (1.0 - ops.power(0.999, t))
-        return {**s, "w": s["w"] - self.learning_rate * m_hat / (ops.sqrt(v_hat) + 1e-8), "m": m, "v": v}
+        rate = self.learning_rate if self.learning_rate is not None else 10.0 / self.steps
+        return {**s, "w": s["w"] - rate * m_hat / (ops.sqrt(v_hat) + 1e-8), "m": m, "v": v}
 
     def finish(self, ctx: Context, s: dict) -> dict:
         return self._evaluate(ctx, s)[0]

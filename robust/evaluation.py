@@ -39,6 +39,10 @@ def summarize(result: AttackResult) -> dict[str, Any]:
         eligible = clean == labels
         hits = adv[eligible] != labels[eligible]
     flipped = result.perturbation[np.flatnonzero(eligible)[hits]]
+    minimal = {}
+    if result.radius is not None:  # a minimum-norm attack: each image's radius, whatever the eps
+        summary = minimal_radius_summary(result.radius)
+        minimal = {"minimal_radius": {k: v for k, v in summary.items() if k != "per_image"}}
     return {
         "eps": float(result.eps),
         "n": int(len(labels)),
@@ -53,6 +57,7 @@ def summarize(result: AttackResult) -> dict[str, Any]:
         "params": dict(result.params),
         "labels_from": result.labels_from,
         **({"details": result.details} if result.details else {}),
+        **minimal,
     }
 
 
@@ -155,9 +160,51 @@ def radius_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"cdf": cdf, "median": median, "beyond": 1.0 - cdf[-1][1] if cdf else None}
 
 
+def _middle(values: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of ``values`` (``inf`` allowed) by linear interpolation; ``inf`` if a neighbour is."""
+    a = np.sort(values)
+    at = q * (len(a) - 1)
+    lo, hi = int(np.floor(at)), int(np.ceil(at))
+    if np.isinf(a[lo]) or np.isinf(a[hi]):
+        return float("inf")
+    return float(a[lo] + (a[hi] - a[lo]) * (at - lo))
+
+
+def minimal_radius_summary(radius: np.ndarray, *, points: int = 10) -> dict[str, Any]:
+    """The distribution of each image's minimal perturbation from a minimum-norm attack.
+
+    Args:
+        radius: :attr:`AttackResult.radius`: per image the smallest adversarial perturbation found
+            (0 for a clean mistake, ``inf`` where none was found, ``nan`` where not attacked).
+        points: how many points of the CDF to keep (at the radii where 1/points, 2/points, ... of
+            the images are broken).
+
+    Returns:
+        ``{"n", "median", "quartiles", "never_broken", "cdf", "per_image"}``: ``median`` and the
+        quartiles (25%, 50%, 75%; linear interpolation, so the median of an even count is the mean
+        of the two middle values) are ``None`` where they lie among the images never broken;
+        ``cdf`` holds ``[radius, share of images broken within it]``; ``per_image`` the radii
+        (``None`` for never broken or not attacked).
+    """
+    values = np.asarray(radius, dtype=np.float64)
+    attacked = values[~np.isnan(values)]
+    finite = lambda v: None if not np.isfinite(v) else v  # noqa: E731
+    if len(attacked) == 0:
+        return {"n": 0, "median": None, "quartiles": [None] * 3, "never_broken": None, "cdf": [], "per_image": []}
+    cdf = []
+    for k in range(1, points + 1):
+        r = _middle(attacked, k / points)
+        if np.isfinite(r):
+            cdf.append([r, float(np.mean(attacked <= r))])
+    return {"n": int(len(attacked)), "median": finite(_middle(attacked, 0.5)),
+            "quartiles": [finite(_middle(attacked, q)) for q in (0.25, 0.5, 0.75)],
+            "never_broken": float(np.mean(np.isinf(attacked))), "cdf": cdf,
+            "per_image": [None if not np.isfinite(v) else float(v) for v in values]}
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows of :func:`evaluate_attack` as a fixed-width text table."""
-    norm = {"inf": "Linf", "2": "L2"}.get(rows[0]["norm"], rows[0]["norm"]) if rows else ""
+    norm = {"inf": "Linf", "2": "L2", "1": "L1"}.get(rows[0]["norm"], rows[0]["norm"]) if rows else ""
     head = (f"{'eps':>8}  {'clean acc':>9}  {'adv acc':>8}  {'success':>8}  "
             f"{'mean ' + norm:>9}  {'max ' + norm:>9}  {'seconds':>8}")
     lines = [head]

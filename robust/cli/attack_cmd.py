@@ -118,12 +118,16 @@ def _versions() -> dict:
 @main.command("attack")
 @click.argument("model_ref", metavar="MODEL")
 @click.option("--attack", "attack_name", default="pgd", show_default=True, metavar="NAME",
-              help="A registered attack: fgsm, pgd, apgd, apgd-t, square, auto (the ensemble), or a plugin "
-                   "(see `robust attacks`).")
+              help="A registered attack: fgsm, pgd, apgd, apgd-t, square, auto (the ensemble), the minimum-norm "
+                   "deepfool, fmn and cw, or a plugin (see `robust attacks`).")
 @click.option("--eps", type=FloatList(), default=None,
               help="Comma-separated radii of the norm ball, in the units of the model's value range (0,8,16 for "
-                   "0-255 pixels)  [default: 0.05,0.1,0.3 of the value range's width]")
-@click.option("--norm", default="inf", show_default=True, metavar="inf|2", help="Threat model: L-inf or L2.")
+                   "0-255 pixels)  [default: 0.05,0.1,0.3 of the value range's width; a minimum-norm attack: "
+                   "none, each image's minimal perturbation is searched without a bound]")
+@click.option("--norm", default=None, metavar="inf|2|1",
+              help="Threat model: L-inf, L2 or L1 (FMN)  [default: inf; deepfool, fmn, cw: 2]")
+@click.option("--per-image", is_flag=True, help="Minimum-norm attacks: print every image's minimal perturbation "
+                                                "(default: the first 10; all are in the JSON).")
 @click.option("--steps", type=count(None), default=None, help="PGD, APGD: gradient steps  [default: 40; APGD 100]")
 @click.option("--queries", type=count(None), default=None, help="Square: model queries per image  [default: 5000]")
 @click.option("--step-size", type=Number(), default=None, help="PGD: step size  [default: 2.5 * eps / steps]")
@@ -147,18 +151,25 @@ def _versions() -> dict:
 @click.option("--unsafe", is_flag=True, help="Load a .keras file that contains code (Lambda layers).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @fail_under_option
-def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size, restarts, random_start, loss, targeted,
-                   target, dataset, data_path, limit, seed, batch_size, out, force, save_examples, value_range_opt,
-                   unsafe, no_progress, fail_under) -> None:
+def attack_command(model_ref, attack_name, eps, norm, per_image, steps, queries, step_size, restarts, random_start,
+                   loss, targeted, target, dataset, data_path, limit, seed, batch_size, out, force, save_examples,
+                   value_range_opt, unsafe, no_progress, fail_under) -> None:
     """Attack MODEL on the test split of its data and print accuracy under attack per eps.
 
     MODEL is a folder written by `robust train` (which remembers its data) or
     a .keras file (then --dataset is required). Without --limit the whole
     test split is attacked.
 
+    A minimum-norm attack (deepfool, fmn, cw) without --eps searches each
+    image's smallest adversarial perturbation and prints those, their median
+    and their CDF; with --eps it also gives the accuracy at each eps (from
+    one search).
+
     Example: robust attack runs/lenet5 --attack pgd --eps 0.1,0.3 --steps 40
+
+    Example: robust attack runs/lenet5 --attack fmn --norm 2
     """
-    from robust.attacks import get_attack
+    from robust.attacks import MinimumNormAttack, get_attack, attack_registry
     from robust.data import DATASETS, load_dataset
     from robust.evaluation import evaluate_attack, format_table
     from robust.data import scale_to
@@ -166,6 +177,8 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
     from robust.report import figures
 
     # Everything the user typed is checked before the model and data load.
+    minimum_norm = issubclass(attack_registry().get(str(attack_name).strip().lower(), object), MinimumNormAttack)
+    norm = norm if norm is not None else ("2" if minimum_norm else "inf")
     params = {k: v for k, v in dict(norm=norm, steps=steps, queries=queries, step_size=step_size, restarts=restarts,
                                     random_start=random_start, loss=loss).items() if v is not None}
     if target is not None:
@@ -174,18 +187,21 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
         params["targeted"] = True
     if eps is not None and not eps:
         raise RobustError("--eps needs at least one number, such as --eps 0.05,0.1,0.3.")
-    for e in eps or DEFAULT_EPS_FRACTIONS:
+    for e in eps or ([None] if minimum_norm else DEFAULT_EPS_FRACTIONS):
         get_attack(attack_name, eps=e, seed=seed, **params)
+    if minimum_norm and eps is None and (save_examples or fail_under is not None):
+        raise RobustError(f"{'--save-examples' if save_examples else '--fail-under'} needs --eps with a minimum-norm "
+                          f"attack ({attack_name}): examples and accuracies are taken at an eps, such as --eps 1,2.")
     if targeted and target is None:
         raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
     from robust.artifacts import all_or_nothing, claim, write_json
     from robust.attacks import get_norm
 
-    norm_tag = "linf" if get_norm(norm).name == "inf" else "l2"
+    norm_tag = {"inf": "linf", "2": "l2", "1": "l1"}[get_norm(norm).name]
     out_path = Path(out) if out else _default_out(model_ref, f"attack-{attack_name}-{norm_tag}.json")
     model, card = _load(model_ref, unsafe, value_range_opt)
     value_range = tuple(card["value_range"])
-    eps = _eps_in_range(eps, value_range)
+    eps = [] if minimum_norm and eps is None else _eps_in_range(eps, value_range)
     pngs = [out_path.with_name(f"{out_path.stem}-eps{e:g}.png") for e in eps] if save_examples else []
     with claim([out_path, *pngs], force=force, what="--out" if out else "the results file",
                command="robust attack"), all_or_nothing():
@@ -209,17 +225,23 @@ def attack_command(model_ref, attack_name, eps, norm, steps, queries, step_size,
         echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
         x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
         results = []  # the sweep's results, for each image's robustness radius
-        rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
-                               batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
-                               on_result=lambda r: (results.append(r), save_examples and save(r)), **params)
-        click.echo(format_table(rows))
+        rows = []
+        if eps:
+            rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
+                                   batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
+                                   on_result=lambda r: (results.append(r), save_examples and save(r)), **params)
+            click.echo(format_table(rows))
+        else:  # a minimum-norm search without a bound
+            results.append(get_attack(attack_name, eps=None, seed=seed, **params)(
+                model, x_model, data.y_test, value_range=value_range, batch_size=batch_size,
+                progress=not no_progress))
         warn_constant(results, class_names)
-        radius = _radius(results, rows)
+        radius = _minimal(results, class_names, per_image) if minimum_norm else _radius(results, rows)
         write_json(out_path, {
             "command": "attack", "model": str(model_ref), "model_name": model_name, "dataset": dataset,
             "data_source": data.source, "value_range": list(value_range), "n": len(data.x_test),
-            "attack": attack_name, "norm": norm, "params": rows[0]["params"], "target": target_index,
-            "labels_from": rows[0]["labels_from"], "rows": rows, "radius": radius, "versions": _versions(),
+            "attack": attack_name, "norm": norm, "params": results[0].params, "target": target_index,
+            "labels_from": results[0].labels_from, "rows": rows, "radius": radius, "versions": _versions(),
         })
     click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in pngs))
     enforce_fail_under(rows, fail_under)
@@ -263,6 +285,40 @@ def warn_constant(results, class_names) -> None:
         echo_err(f"warning: the model predicts class {name!r} for {counts.max():,} of {len(predicted):,} clean "
                  "images: a constant classifier. Its accuracy under attack measures the share of that class, "
                  "not robustness; check the model and its value range.")
+
+
+def _minimal(results, class_names, every: bool) -> dict:
+    """Print each image's minimal perturbation (the first 10 unless ``every``), their median and CDF.
+
+    ``results`` are a minimum-norm attack's, unbounded or one per eps of a sweep (one search: an image
+    a smaller eps broke is not attacked at the next, so its radius comes from the smaller one).
+    """
+    from robust.attacks import get_norm
+    from robust.evaluation import minimal_radius_summary
+
+    ordered = sorted(results, key=lambda r: -1.0 if r.eps is None else r.eps)
+    radius = np.fmin.reduce([r.radius for r in ordered]) if len(ordered) > 1 else ordered[0].radius
+    label, n = get_norm(ordered[0].norm).label, len(radius)
+    summary = minimal_radius_summary(radius)
+    shown = n if every else min(10, n)
+    name = (lambda c: class_names[int(c)] if class_names else str(int(c)))  # noqa: E731
+    click.echo(f"minimal {label} perturbation per image"
+               + ("" if shown == n else f" (the first {shown} of {n:,}; all are in the JSON; --per-image prints "
+                                        "every one)") + ":")
+    click.echo(f"{'image':>7}  {'label':>12}  {'adversarial':>12}  {'minimal ' + label:>13}")
+    for i in range(shown):
+        r = radius[i]
+        broken = [res for res in ordered if res.attacked[i] and res.success[i]]
+        adv = (name(broken[0].adv_pred[i]) if broken else f"> eps {ordered[-1].eps:g}") if np.isfinite(r) else "-"
+        size = "not attacked" if np.isnan(r) else ("not found" if np.isinf(r) else f"{r:.4f}")
+        click.echo(f"{i:>7}  {name(ordered[0].labels[i]):>12}  {adv:>12}  {size:>13}")
+    fmt = lambda v: "beyond the search (never broken)" if v is None else f"{v:.4g}"  # noqa: E731
+    q1, median, q3 = summary["quartiles"]
+    click.echo(f"median minimal {label}: {fmt(median)} over {summary['n']:,} images (quartiles {fmt(q1)}, "
+               f"{fmt(q3)}; clean mistakes count 0; {100 * summary['never_broken']:.1f}% never broken)")
+    click.echo("radius CDF, share of the images broken within each radius:")
+    click.echo("  " + "  ".join(f"{r:.3g}: {100 * share:.0f}%" for r, share in summary["cdf"]))
+    return summary
 
 
 def _radius(results, rows) -> dict:

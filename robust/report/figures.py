@@ -87,7 +87,8 @@ def radius_cdf(results: dict, head: dict, path: Path) -> str | None:
     """The robustness radius's CDF per model: share of images broken at or below each eps of the grid.
 
     ``head`` is :func:`robust.report.robustness.headline`; ConvNets solid, fully connected dashed. The
-    curve is a step function (the radius is known on the grid only), starting at the clean mistakes.
+    curve is a step function (the radius is known on the grid only), starting at the clean mistakes;
+    where a minimum-norm attack ran in the same norm, its per-image radii add a dotted curve.
     """
     if not head["models"]:
         return None
@@ -99,9 +100,15 @@ def radius_cdf(results: dict, head: dict, path: Path) -> str | None:
             continue
         conv = results["models"][key]["kind"] == "conv"
         median = m["radius"]["median"]
-        ax.step([e for e, _ in cdf], [100 * share for _, share in cdf], where="post",
-                linestyle="-" if conv else "--", marker="o" if conv else "s",
-                label=f"{m['label']} (median {'> ' + format(cdf[-1][0], 'g') if median is None else format(median, 'g')})")
+        line = ax.step([e for e, _ in cdf], [100 * share for _, share in cdf], where="post",
+                       linestyle="-" if conv else "--", marker="o" if conv else "s",
+                       label=f"{m['label']} (median {'> ' + format(cdf[-1][0], 'g') if median is None else format(median, 'g')})")
+        minimal = m.get("minimal")
+        if minimal and minimal["cdf"]:  # a minimum-norm attack ran: each image's own radius, not the grid's
+            ax.plot([r for r, _ in minimal["cdf"]], [100 * share for _, share in minimal["cdf"]],
+                    color=line[0].get_color(), linestyle=":", linewidth=1.5,
+                    label=f"{m['label']}, minimal ({minimal['attack']}; median "
+                          f"{'beyond' if minimal['median'] is None else format(minimal['median'], '.3g')})")
     ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("eps")
     ax.set_ylabel("images broken at or below eps (%)")

@@ -26,6 +26,13 @@ def _flag(model: dict) -> dict:
     return {"status": "fail" if failed else ("warn" if warned else "pass"), "failed": failed, "warned": warned}
 
 
+def _minimal(records: list, norm: str | None) -> dict | None:
+    """A minimum-norm attack's radius distribution in the headline's norm, where the spec ran one (its
+    record of the smallest eps: every record of it holds the same search), else None."""
+    found = sorted((r for r in records if r.get("minimal_radius") and r.get("norm") == norm), key=lambda r: r["eps"])
+    return {"attack": found[0]["attack_key"], **found[0]["minimal_radius"]} if found else None
+
+
 def headline(results: dict) -> dict:
     """Per model and eps: robust accuracy beside each single attack's accuracy, the radius, the flag.
 
@@ -50,7 +57,8 @@ def headline(results: dict) -> dict:
                       if r["eps"] == e and r["attack_key"] != key] for e in eps}
         models[mk] = {"label": m["label"], "clean": m.get("subset_clean_accuracy", m["test_accuracy"]),
                       "robust": {r["eps"]: r["adversarial_accuracy"] for r in rows if r["eps"] > 0},
-                      "others": others, "radius": radius_summary(rows), "flag": _flag(m)}
+                      "others": others, "radius": radius_summary(rows), "flag": _flag(m),
+                      "minimal": _minimal(mine, rows[0]["norm"] if rows else None)}
     params = next((r.get("params", {}) for r in records if key is not None and r["attack_key"] == key), {})
     budget = (f"APGD {params['steps']} steps, APGD-T {params['n_target_classes']} target classes, Square "
               f"{params['queries']} queries" if {"steps", "n_target_classes", "queries"} <= set(params) else "")
@@ -101,5 +109,9 @@ def headline_lines(results: dict) -> list[str]:
         radius = f"> {head['eps'][-1]:g}" if median is None and head["eps"] else f"{median:g}" if median else "0"
         flag = {"fail": "  FLAGGED (fails: " + "; ".join(m["flag"]["failed"]) + ")",
                 "warn": "  warn: " + "; ".join(m["flag"]["warned"]), "pass": ""}[m["flag"]["status"]]
+        minimal = m.get("minimal")
+        if minimal:
+            radius += (f" (grid), {'beyond the search' if minimal['median'] is None else format(minimal['median'], '.3g')}"
+                       f" ({minimal['attack']}, each image's minimal perturbation)")
         lines.append(f"  {m['label']}: {accs}; median robustness radius {radius}{flag}")
     return lines
