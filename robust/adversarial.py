@@ -82,6 +82,9 @@ class AdversarialConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         set_("eps", _number("eps", self.eps, positive=True))
         set_("norm", get_norm(self.norm).name)
+        if self.norm not in PGD.norms:
+            raise RobustError(f"Adversarial training runs PGD in L-inf or L2 (--adv-norm inf or 2); received norm "
+                              f"{self.norm!r}.")
         steps = DEFAULT_STEPS[self.method] if self.steps is None else _number("steps", self.steps, integer=True)
         if steps < 1:
             raise RobustError(f"steps (--adv-steps) must be at least 1; received {steps}.")
