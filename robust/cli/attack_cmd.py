@@ -169,7 +169,7 @@ def attack_command(model_ref, attack_name, eps, norm, per_image, steps, queries,
 
     Example: robust attack runs/lenet5 --attack fmn --norm 2
     """
-    from robust.attacks import MinimumNormAttack, get_attack, attack_registry
+    from robust.attacks import get_attack
     from robust.data import DATASETS, load_dataset
     from robust.evaluation import evaluate_attack, format_table
     from robust.data import scale_to
@@ -177,23 +177,10 @@ def attack_command(model_ref, attack_name, eps, norm, per_image, steps, queries,
     from robust.report import figures
 
     # Everything the user typed is checked before the model and data load.
-    minimum_norm = issubclass(attack_registry().get(str(attack_name).strip().lower(), object), MinimumNormAttack)
-    norm = norm if norm is not None else ("2" if minimum_norm else "inf")
-    params = {k: v for k, v in dict(norm=norm, steps=steps, queries=queries, step_size=step_size, restarts=restarts,
-                                    random_start=random_start, loss=loss).items() if v is not None}
-    if target is not None:
-        targeted = True
-    if targeted:
-        params["targeted"] = True
-    if eps is not None and not eps:
-        raise RobustError("--eps needs at least one number, such as --eps 0.05,0.1,0.3.")
-    for e in eps or ([None] if minimum_norm else DEFAULT_EPS_FRACTIONS):
-        get_attack(attack_name, eps=e, seed=seed, **params)
-    if minimum_norm and eps is None and (save_examples or fail_under is not None):
-        raise RobustError(f"{'--save-examples' if save_examples else '--fail-under'} needs --eps with a minimum-norm "
-                          f"attack ({attack_name}): examples and accuracies are taken at an eps, such as --eps 1,2.")
-    if targeted and target is None:
-        raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
+    minimum_norm, norm, params = _checked_attack(attack_name, eps, norm, seed, target, targeted, save_examples,
+                                                 fail_under, dict(steps=steps, queries=queries, step_size=step_size,
+                                                                  restarts=restarts, random_start=random_start,
+                                                                  loss=loss))
     from robust.artifacts import all_or_nothing, claim, write_json
     from robust.attacks import get_norm
 
@@ -224,8 +211,7 @@ def attack_command(model_ref, attack_name, eps, norm, per_image, steps, queries,
         model_name = card.get("model", model.name)
         echo_err(f"{attack_name} ({norm}) on {model_name}: {len(data.x_test):,} test images of {data.describe()}")
         x_model = scale_to(data.x_test, value_range)  # [0, 1] images in the model's own range
-        results = []  # the sweep's results, for each image's robustness radius
-        rows = []
+        results, rows = [], []  # the sweep's results, for each image's robustness radius
         if eps:
             rows = evaluate_attack(model, attack_name, x_model, data.y_test, eps, value_range=value_range,
                                    batch_size=batch_size, seed=seed, target=target_index, progress=not no_progress,
@@ -245,6 +231,27 @@ def attack_command(model_ref, attack_name, eps, norm, per_image, steps, queries,
         })
     click.echo(f"wrote {out_path}" + "".join(f"\nwrote {p}" for p in pngs))
     enforce_fail_under(rows, fail_under)
+
+
+def _checked_attack(attack_name, eps, norm, seed, target, targeted, save_examples, fail_under, options):
+    """``(minimum_norm, norm, params)`` of `robust attack`'s options, each checked before any work."""
+    from robust.attacks import MinimumNormAttack, attack_registry, get_attack
+
+    minimum_norm = issubclass(attack_registry().get(str(attack_name).strip().lower(), object), MinimumNormAttack)
+    norm = norm if norm is not None else ("2" if minimum_norm else "inf")
+    params = {k: v for k, v in dict(norm=norm, **options).items() if v is not None}
+    if target is not None or targeted:
+        params["targeted"] = True
+    if eps is not None and not eps:
+        raise RobustError("--eps needs at least one number, such as --eps 0.05,0.1,0.3.")
+    for e in eps or ([None] if minimum_norm else DEFAULT_EPS_FRACTIONS):
+        get_attack(attack_name, eps=e, seed=seed, **params)
+    if minimum_norm and eps is None and (save_examples or fail_under is not None):
+        raise RobustError(f"{'--save-examples' if save_examples else '--fail-under'} needs --eps with a minimum-norm "
+                          f"attack ({attack_name}): examples and accuracies are taken at an eps, such as --eps 1,2.")
+    if params.get("targeted") and target is None:
+        raise RobustError("--targeted needs --target C: the class (index or name) every image should be pushed to.")
+    return minimum_norm, norm, params
 
 
 #: ``robust attack``'s default eps, as fractions of the model's value range (0-255 pixels: 12.75, 25.5, 76.5).
