@@ -229,3 +229,27 @@ def lenet_dir(trained_lenet, tmp_path_factory):
         "value_range": [0.0, 1.0], "class_names": [str(i) for i in range(10)], "num_classes": 10,
     })
     return folder
+
+
+def test_the_reports_radius_curve_uses_a_minimum_norm_attacks_radii(tmp_path):
+    """Where a spec ran a minimum-norm attack in the headline's norm, the headline and the curve use its radii."""
+    from robust.report import figures
+    from robust.report.robustness import headline, headline_lines
+
+    minimal = minimal_radius_summary(np.array([0.0, 0.05, 0.08, 0.09, 0.11, 0.13, 0.2, np.inf]))
+    minimal.pop("per_image")
+
+    def record(key, attack, eps, acc, **extra):
+        return {"model": "m", "attack_key": key, "attack": attack, "eps": eps, "adversarial_accuracy": acc,
+                "norm": "inf", **extra}
+
+    records = [record("auto", "auto", e, a) for e, a in ((0.0, 0.9), (0.1, 0.5), (0.2, 0.2))]
+    records += [record("fmn", "fmn", e, a, minimal_radius=minimal) for e, a in ((0.0, 0.9), (0.1, 0.55), (0.2, 0.25))]
+    results = {"records": records, "models": {"m": {"label": "LeNet", "kind": "conv", "test_accuracy": 0.9,
+                                                     "checks": []}}}
+    head = headline(results)
+    assert head["models"]["m"]["minimal"]["attack"] == "fmn"
+    assert head["models"]["m"]["minimal"]["median"] == pytest.approx(0.1)  # (0.09 + 0.11) / 2
+    assert "0.1 (fmn, each image's minimal perturbation)" in "\n".join(headline_lines(results))
+    path = figures.radius_cdf(results, head, tmp_path / "radius.png")
+    assert path and (tmp_path / "radius.png").stat().st_size > 1000
