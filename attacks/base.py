@@ -1,15 +1,16 @@
 """The base every norm-bounded attack shares, the driver that runs it, and the result it returns.
 
-:class:`Attack` owns what FGSM, PGD and later attacks have in common:
-validating hyper-parameters and inputs, choosing the labels, refusing
-models without a usable gradient (for attacks that need one), masks of the
-points still to attack, per-image random keys, restarts, the norm ball and
-the value range, and assembling the :class:`AttackResult`. A subclass writes
-one method, :meth:`Attack._perturb`, with ``keras.ops``; the base compiles
-it, together with the clean and adversarial predictions, into one kernel
-built once per model and attack configuration. The kernel takes the model's
-weights as an argument, so it never attacks stale weights, and it serves
-every batch size.
+:class:`Attack` owns what every attack has in common: validating
+hyper-parameters and inputs, choosing the labels, refusing models without a
+usable gradient (for attacks that need one), masks of the points still to
+attack, per-image random keys, the runs (restarts) and their one worst-case
+merge, the norm ball and the value range, and assembling the
+:class:`AttackResult`. A one-shot attack writes one public method,
+:meth:`Attack.perturb`, reading the batch from a :class:`Context`; an
+iterative one is a :class:`~robust.attacks.steps.StepAttack`. The base
+compiles it into one kernel built once per model and attack configuration
+(:meth:`Attack.config`). The kernel takes the model's weights as an
+argument, so it never attacks stale weights, and it serves every batch size.
 """
 
 from __future__ import annotations
@@ -277,7 +278,8 @@ class Attack:
     Subclasses set :attr:`name`, call ``super().__init__`` with the shared
     hyper-parameters, keep every constructor parameter under its own name
     (``self.tries = tries``: :attr:`params` and the kernel cache key,
-    :meth:`config`, read them from there) and implement :meth:`_perturb`.
+    :meth:`config`, read them from there) and implement :meth:`perturb` (or subclass
+    :class:`~robust.attacks.steps.StepAttack`).
 
     Args:
         eps: radius of the norm ball, in the units of the value range.
