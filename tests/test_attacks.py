@@ -218,9 +218,11 @@ def test_input_gradient_matches_a_plain_tape(trained_lenet, batch):
     (lambda: PGD(eps=0.1, steps=0), "steps must be at least 1"),
     (lambda: PGD(eps=0.1, restarts=0), "restarts must be at least 1"),
     (lambda: PGD(eps=0.1, restarts=3, random_start=False), "needs random_start=True"),
-    (lambda: PGD(eps=0.1, norm="l1"), "Unknown norm 'l1'.*'2', 'inf'"),
+    (lambda: PGD(eps=0.1, norm="l3"), "Unknown norm 'l3'.*'1', '2', 'inf'"),
+    (lambda: PGD(eps=0.1, norm="l1"), "PGD measures perturbations in L-inf and L2; received norm L1"),
     (lambda: PGD(eps=0.1, loss="hinge"), "Unknown loss 'hinge'"),
-    (lambda: get_attack("cw", eps=0.1), "Unknown attack 'cw'. Known attacks: 'apgd', 'apgd-t', 'auto', 'fgsm', 'pgd', 'square'"),
+    (lambda: get_attack("jsma", eps=0.1),
+     "Unknown attack 'jsma'. Known attacks: 'apgd', 'apgd-t', 'auto', 'cw', 'deepfool', 'fgsm', 'fmn', 'pgd', 'square'"),
     (lambda: get_attack("fgsm", eps=0.1, steps=3), "has no parameter 'steps'"),
     (lambda: FoolingImages(threshold=1.5), "threshold must be a confidence below 1"),
 ])
@@ -347,7 +349,8 @@ def test_a_broken_plugin_is_skipped_with_a_warning(monkeypatch):
         messages = " ".join(str(w.message) for w in caught)
         assert "'broken'" in messages and "failed to import" in messages
         assert "'notanattack'" in messages and "subclass of robust.attacks.Attack" in messages
-        assert set(registry) == {"apgd", "apgd-t", "auto", "fgsm", "pgd", "square"} and issubclass(registry["pgd"], Attack)
+        assert set(registry) == {"apgd", "apgd-t", "auto", "cw", "deepfool", "fgsm", "fmn", "pgd", "square"}
+        assert issubclass(registry["pgd"], Attack)
         # asking for the broken one by name says why it is unavailable, not "unknown"
         with pytest.raises(RobustError, match="'broken' cannot be used.*no_such_module_xyz"):
             get_attack("broken", eps=0.1)

@@ -89,7 +89,8 @@ def test_fool_two_classes(lenet_file, tmp_path):
     (["--eps", "-0.1"], "eps must be at least 0"),
     (["--eps", "0.1", "--steps", "0"], "steps must be at least 1"),
     (["--norm", "3"], "Unknown norm '3'"),
-    (["--attack", "deepfool"], "Unknown attack 'deepfool'. Known attacks: 'apgd', 'apgd-t', 'auto', 'fgsm', 'pgd', 'square'"),
+    (["--attack", "jsma"], "Unknown attack 'jsma'. Known attacks: 'apgd', 'apgd-t', 'auto', 'cw', 'deepfool', 'fgsm', 'fmn', "
+                           "'pgd', 'square'"),
     (["--attack", "fgsm", "--steps", "5"], "Attack 'fgsm' has no parameter 'steps'"),
     (["--loss", "hinge"], "Unknown loss 'hinge'"),
     (["--targeted"], "--targeted needs --target"),
