@@ -333,7 +333,8 @@ def test_installed_example_plugin_next_to_a_broken_one(example_site, tmp_path):
     assert "digits_cnn_255" in out and "from: plugin robust-example-plugin (robust_example_plugin.models:" in out
     assert "lenet5" in out and "from: built-in" in out
     assert "Skipped plugins" in out and "needs libfoo" in out
-    assert "ATTACKS ['apgd', 'apgd-t', 'auto', 'fgsm', 'pgd', 'random_noise', 'square'] plugin robust-example-plugin" in out
+    assert ("ATTACKS ['apgd', 'apgd-t', 'auto', 'cw', 'deepfool', 'fgsm', 'fmn', 'pgd', 'random_noise', 'square'] "
+            "plugin robust-example-plugin") in out
     assert "random_noise" in out and "from: plugin robust-example-plugin" in out  # `robust attacks`
     # the broken attack plugin is a warning naming it, not a failure
     assert "attack plugin 'broken_attack'" in out + proc.stderr
