@@ -46,7 +46,7 @@ def test_defaults_fill_in():
     (MINIMAL + "[eps]\nvalues = [-0.1]", r"eps.values must be a number >= 0"),
     (MINIMAL + "[data]\ndataset = 'svhn'", r"data.dataset must be one of"),
     (MINIMAL + "[fooling]\nthreshold = 1.5", r"fooling.threshold must be a probability"),
-    (MINIMAL + "[[attacks]]\nname = 'deepfool'", r"attacks\[0\].*Unknown attack 'deepfool'"),
+    (MINIMAL + "[[attacks]]\nname = 'jsma'", r"attacks\[0\].*Unknown attack 'jsma'"),
     (MINIMAL + "[[attacks]]\nname = 'pgd'\neps = 0.1", r"the eps grid is shared"),
     (MINIMAL + "[[attacks]]\nname = 'pgd'\nsteps = 0", r"attacks\[0\]"),
     ("name = 'a b'\n[[models]]\nname = 'lenet5'", r"name must be a name of letters"),
